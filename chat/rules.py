@@ -99,4 +99,4 @@ def parseId(digits: str) -> int:
     """
     if len(digits) > 20:
         return MAX_ID + 1
-    return int(digits)
+    return min(int(digits), MAX_ID + 1)
