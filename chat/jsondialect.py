@@ -56,12 +56,18 @@ _MISSING = object()
 def _field(obj: dict[str, Any], key: str, kind: type) -> Any:
     """
     A required field of exactly C{kind} (a bool is not an int).
+
+    Every int field names a user or a group, so an integer too large for
+    any row comes back as C{MAX_ID + 1}, as L{rules.parseId} does in the
+    text dialect (the service reports it as not found).
     """
     value = obj.get(key, _MISSING)
     if value is _MISSING:
         raise BadRequest(f"missing field {key!r}")
     if type(value) is not kind:
         raise BadRequest(f"field {key!r} must be {_KIND_NAMES[kind]}")
+    if kind is int and value > rules.MAX_ID:
+        return rules.MAX_ID + 1
     return value
 
 
@@ -101,6 +107,16 @@ def _createGroup(obj: dict[str, Any]) -> Request:
     return CreateGroup(name, rules.checkDescription(description), claimed)
 
 
+def _withoutClaim(obj: dict[str, Any], kind: Callable[[], Request]) -> Request:
+    """
+    A request whose value has no C{claimed_id}: its C{id}, if any, is
+    still type-checked, since only PING, LOGIN_MSG and REG_MSG ignore it
+    (PROTOCOL.md 3.1).
+    """
+    _optional(obj, "id", int)
+    return kind()
+
+
 def _groupChat(obj: dict[str, Any]) -> Request:
     return GroupChat(_field(obj, "groupid", int), rules.checkText(
         _field(obj, "msg", str)), _optional(obj, "id", int))
@@ -118,8 +134,8 @@ _PARSERS: dict[int, Callable[[dict[str, Any]], Request]] = {
         _field(obj, "groupid", int), _optional(obj, "id", int)),
     GROUP_CHAT_MSG: _groupChat,
     PING: lambda obj: Ping(),
-    FRIEND_LIST: lambda obj: FriendList(),
-    GROUP_LIST: lambda obj: GroupList(),
+    FRIEND_LIST: lambda obj: _withoutClaim(obj, FriendList),
+    GROUP_LIST: lambda obj: _withoutClaim(obj, GroupList),
 }
 
 _MSGIDS: dict[type, int] = {
