@@ -1,0 +1,92 @@
+"""
+Who is online where: this node's lease and the ownership of its sessions.
+
+Each node renews a lease (a row in the C{nodes} table, stamped by the
+database clock) about every second.  A login that finds its user "online"
+on a node whose lease has expired takes the session over (see
+L{chat.store.Store.claimSession}).  The lease lives in the database rather
+than in Redis because Redis here keeps nothing on disk: after a Redis
+restart every lease would vanish at once and logins would take over the
+sessions of live nodes.  And while the database is unreachable, no login
+can take anything over, which is the rule DESIGN.md section 4 asks for.
+
+On each renewal the node also learns which sessions the database says are
+its own, and closes any local one that another node took over while this
+one was paused or cut off.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from chat.service import ChatService
+
+RENEW_SECONDS = 1.0
+PURGE_EVERY = 5
+"""Renewals between two purges of the sessions of dead nodes."""
+
+
+class Presence(Service):
+    """
+    Renews this node's lease and checks its sessions, every L{interval}
+    seconds, while running.
+    """
+
+    _log = Logger()
+
+    def __init__(self, chat: ChatService, reactor: IReactorTime,
+                 interval: float = RENEW_SECONDS) -> None:
+        self._chat = chat
+        self._reactor = reactor
+        self.interval = interval
+        self._loop: Optional[LoopingCall] = None
+        self._renewals = 0
+        self._failing = False
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.renew)
+        self._loop.clock = self._reactor
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        chat = self._chat
+        chat.shutdown("the server is shutting down; please reconnect")
+        return chat.store.stopNode(chat.nodeId).addErrback(
+            self._log.failure, "clearing this node's sessions")
+
+    def renew(self) -> Deferred:
+        """
+        One renewal: the lease, then the ownership check.  A failure is
+        logged once per outage and otherwise ignored; the next tick
+        retries.
+        """
+        chat = self._chat
+        self._renewals += 1
+        purge = (chat.leaseSeconds if self._renewals % PURGE_EVERY == 0
+                 else None)
+        before = dict(chat.sessions)
+        d = chat.store.renewLease(chat.nodeId, purge)
+
+        def renewed(owned: set[int]) -> None:
+            if self._failing:
+                self._log.info("lease renewed again")
+                self._failing = False
+            chat.checkOwnership(before, owned)
+
+        def failed(failure: object) -> None:
+            if not self._failing:
+                self._log.warn("cannot renew this node's lease: {error}",
+                               error=getattr(failure, "value", failure))
+                self._failing = True
+
+        return d.addCallbacks(renewed, failed)

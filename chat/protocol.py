@@ -1,0 +1,281 @@
+"""
+One client connection: framing, dialect, ordering and session state.
+
+The protocol turns bytes into requests through its dialect, hands them to
+the service one at a time (so replies keep the order of the requests) and
+writes what comes back.  It never runs SQL and knows no business rule.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from typing import Any, Optional
+
+from twisted.internet import interfaces
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chat.dialect import IDialect, Rejected
+from chat.errors import ChatError, LineTooLong, Unavailable
+from chat.framing import MessageSplitter, MessageTooLong
+from chat.jsondialect import CLASSIC, JSON
+from chat.messages import (
+    Bye, ChatEvent, Help, HelpText, LoggedIn, Login, Quit, Reply, Request,
+)
+from chat.service import ChatService
+from chat.textdialect import TEXT
+
+_BLANK = b" \t"
+_PAUSE_AT = 64
+"""Queued requests at which the connection stops reading, for backpressure."""
+
+
+def _chooseDialect(firstMessage: bytes, endedInNUL: bool) -> IDialect:
+    """
+    The dialect a connection's first non-blank message selects.
+    """
+    if firstMessage.lstrip(_BLANK).startswith(b"{"):
+        return CLASSIC if endedInNUL else JSON
+    return TEXT
+
+
+class ChatProtocol(Protocol):
+    """
+    A client connection, and the session of the user logged in on it.
+
+    @ivar userId: the logged-in user, or L{None}.
+    @ivar userName: that user's name.
+    """
+
+    _log = Logger()
+
+    userId: Optional[int] = None
+    userName: Optional[str] = None
+
+    def __init__(self, service: ChatService, maxLength: int) -> None:
+        self._service = service
+        self._splitter = MessageSplitter(maxLength)
+        self._dialect: Optional[IDialect] = None
+        self._queue: deque[bytes] = deque()
+        self._busy = False
+        self._paused = False
+        self._closing = False
+        self._held: Optional[list[bytes]] = None
+
+    @property
+    def peer(self) -> str:
+        """
+        The client's address.  Behind HAProxy it is known only once the
+        PROXY header has arrived, so it is asked for when needed.
+        """
+        address = self.transport.getPeer()
+        return f"{getattr(address, 'host', address)}:" \
+            f"{getattr(address, 'port', '')}"
+
+    # Connection life --------------------------------------------------
+
+    def connectionMade(self) -> None:
+        enableKeepAlive(self.transport)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self._closing = True
+        self._queue.clear()
+        self._endSession()
+
+    def _endSession(self) -> None:
+        if self.userId is not None:
+            self._service.sessionEnded(self)
+
+    def _close(self) -> None:
+        """
+        Stop reading and close after what was written; the session ends
+        now, so messages for this user are routed elsewhere (stored) rather
+        than into a closing connection.
+        """
+        self._closing = True
+        self._endSession()
+        self.transport.loseConnection()
+
+    # Input ------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            for message, endedInNUL in self._splitter.feed(data):
+                if not message.strip(_BLANK):
+                    continue
+                if self._dialect is None:
+                    self._dialect = _chooseDialect(message, endedInNUL)
+                self._queue.append(message)
+        except MessageTooLong as tooLong:
+            if self._dialect is None:
+                self._dialect = _chooseDialect(tooLong.head, False)
+            self._queue.append(tooLong)  # type: ignore[arg-type]
+        self._runQueue()
+
+    def _runQueue(self) -> None:
+        """
+        Handle queued messages in order, stopping at the first that waits
+        on a Deferred; its reply restarts the queue.
+        """
+        while self._queue and not self._busy and not self._closing:
+            item = self._queue.popleft()
+            if isinstance(item, MessageTooLong):
+                self._tooLong()
+                return
+            self._handle(item)
+        if self._closing:
+            return
+        if len(self._queue) >= _PAUSE_AT and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        elif self._paused and len(self._queue) < _PAUSE_AT // 2:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _tooLong(self) -> None:
+        error = LineTooLong(
+            f"message longer than {self._splitter.maxLength} bytes")
+        self._log.info("{peer}: {error}; closing", peer=self.peer,
+                       error=error.message)
+        self.sendError(None, error)
+        self._close()
+
+    def _handle(self, message: bytes) -> None:
+        dialect = self._dialect
+        assert dialect is not None
+        request = dialect.decode(message)
+        if isinstance(request, Rejected):
+            self._log.debug("{peer}: rejected: {error}", peer=self.peer,
+                            error=request.error.message)
+            self.sendError(request.context, request.error)
+            return
+        if isinstance(request, Help):
+            self._replied(HelpText(), request)
+            return
+        if isinstance(request, Quit):
+            self._replied(Bye(), request)
+            self._close()
+            return
+        if isinstance(request, Login):
+            self._held = []
+        try:
+            result = self._service.handle(self, request)
+        except Exception:
+            self._failed(Failure(), request)
+            return
+        if isinstance(result, Deferred):
+            self._busy = True
+            result.addCallbacks(self._replied, self._failed,
+                                callbackArgs=(request,),
+                                errbackArgs=(request,))
+            result.addErrback(self._log.failure,
+                              "answering {request}", request=request)
+            result.addBoth(self._resume)
+        else:
+            self._replied(result, request)
+
+    def _resume(self, _: Any) -> None:
+        self._busy = False
+        self._runQueue()
+
+    # Output -----------------------------------------------------------
+
+    def _replied(self, reply: Reply, request: Request) -> None:
+        if self._closing:
+            return
+        data = self._dialect.encodeReply(request, reply)  # type: ignore
+        if data is not None:
+            self.transport.write(data)
+        if isinstance(reply, LoggedIn):
+            self._log.info("{peer}: {name} (id {id}) logged in",
+                           peer=self.peer, name=reply.name, id=reply.user_id)
+        self._releaseHeld()
+
+    def _failed(self, failure: Failure, request: Request) -> None:
+        if failure.check(ChatError):
+            error = failure.value
+        else:
+            self._log.failure("handling {request} from {peer}", failure,
+                              request=request, peer=self.peer)
+            error = Unavailable("internal error; retry")
+        self.sendError(request, error)
+        self._releaseHeld()
+
+    def sendError(self, context: Any, error: ChatError) -> None:
+        if not self._closing:
+            self.transport.write(
+                self._dialect.encodeError(context, error))  # type: ignore
+
+    def _releaseHeld(self) -> None:
+        """
+        Write the events that arrived while a login was being answered, in
+        their order, now that the login reply is out.
+        """
+        held, self._held = self._held, None
+        if held and not self._closing:
+            self.transport.write(b"".join(held))
+
+    # The session, as the service sees it ------------------------------
+
+    def deliver(self, event: ChatEvent) -> None:
+        """
+        Push a chat message to this client (held back while a login reply
+        is pending, so that it never overtakes the offline messages).
+        """
+        if self._closing:
+            return
+        data = self._dialect.encodeEvent(event)  # type: ignore[union-attr]
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            self.transport.write(data)
+
+    def notice(self, text: str) -> None:
+        if self._dialect is not None and not self._closing:
+            self.transport.write(self._dialect.encodeNotice(text))
+
+    def disconnect(self, reason: str) -> None:
+        """
+        Tell the client why, then close the connection.  The service has
+        already forgotten this session.
+        """
+        self.notice(reason)
+        self._closing = True
+        self.transport.loseConnection()
+
+
+def enableKeepAlive(transport: Any) -> None:
+    """
+    Turn on TCP keepalive, tuned so that a client that vanished without
+    closing (power loss, cable pulled) is noticed within about 90 seconds:
+    60 s idle, then 3 probes 10 s apart.
+    """
+    try:
+        sock = transport.getHandle()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    except (AttributeError, OSError):
+        pass  # not a TCP socket (tests, UNIX sockets): nothing to tune
+
+
+class ChatFactory(Factory):
+    """
+    Builds a L{ChatProtocol} per connection.
+    """
+
+    protocol = ChatProtocol
+    noisy = False
+
+    def __init__(self, service: ChatService, maxLength: int) -> None:
+        self.service = service
+        self.maxLength = maxLength
+
+    def buildProtocol(self, addr: interfaces.IAddress) -> ChatProtocol:
+        return ChatProtocol(self.service, self.maxLength)

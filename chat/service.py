@@ -1,0 +1,405 @@
+"""
+The business rules: accounts, sessions, chat, friends, groups and routing.
+
+The service never touches a transport.  A session is anything with the
+L{ISession} methods (the protocol, in practice); the service keeps the
+registry of the sessions on this server, asks the store for what is
+shared, and routes messages as DESIGN.md section 3 says: a local push,
+else a publish whose count proves a live session elsewhere, else the
+offline store followed by a poke.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
+
+from chat.bus import IBusReceiver, IMessageBus
+from chat.errors import (
+    AccountInUse, AlreadyLoggedIn, Forbidden, InvalidValue, NotFound,
+    NotLoggedIn, WrongCredentials,
+)
+from chat.messages import (
+    ANONYMOUS_REQUESTS, AddFriend, AddGroup, Chat, ChatEvent, ChatSent,
+    CreateGroup, FriendAdded, FriendList, Friends, GroupChat, GroupChatSent,
+    GroupCreated, GroupJoined, GroupList, Groups, LoggedIn, LoggedOut, Login,
+    Logout, Ping, Pong, Register, Registered, Reply, Request, UserRef,
+)
+from chat.passwords import Passwords
+from chat.rules import MAX_ID
+from chat.store import Store
+
+DEFAULT_LEASE_SECONDS = 10.0
+
+
+class ISession(Interface):
+    """
+    A client connection as the service sees it.
+    """
+
+    userId = Attribute("The logged-in user's id, or None; set by the service.")
+    userName = Attribute("The logged-in user's name; set by the service.")
+    peer = Attribute("The client's address, for logs.")
+
+    def deliver(event: ChatEvent) -> None:
+        """Push a chat message to the client."""
+
+    def notice(text: str) -> None:
+        """Push a server notice to the client."""
+
+    def disconnect(reason: str) -> None:
+        """Send C{reason} as a notice, then close the connection."""
+
+
+def serverTime() -> str:
+    """The server's local time, as the classic events carry it."""
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _validId(value: int) -> bool:
+    return 0 < value <= MAX_ID
+
+
+@implementer(IBusReceiver)
+class ChatService:
+    """
+    @ivar nodeId: this server's name in the cluster.
+    @ivar sessions: the sessions logged in on this server, by user id.
+    """
+
+    _log = Logger()
+
+    def __init__(self, store: Store, bus: IMessageBus, passwords: Passwords,
+                 nodeId: str, leaseSeconds: float = DEFAULT_LEASE_SECONDS,
+                 clock: Callable[[], str] = serverTime) -> None:
+        self.store = store
+        self.bus = bus
+        self.passwords = passwords
+        self.nodeId = nodeId
+        self.leaseSeconds = leaseSeconds
+        self.sessions: dict[int, Any] = {}
+        self._claiming: set[int] = set()
+        self._clock = clock
+        bus.setReceiver(self)
+        self._handlers: dict[type, Callable[[Any, Any], Any]] = {
+            Login: self._login,
+            Logout: self._logout,
+            Register: self._register,
+            Chat: self._chat,
+            AddFriend: self._addFriend,
+            CreateGroup: self._createGroup,
+            AddGroup: self._addGroup,
+            GroupChat: self._groupChat,
+            Ping: lambda session, request: Pong(),
+            FriendList: self._friendList,
+            GroupList: self._groupList,
+        }
+
+    # Entry point ----------------------------------------------------------
+
+    def handle(self, session: Any, request: Request) -> Reply | Deferred:
+        """
+        Carry out one request for C{session}: a reply, or a L{Deferred}
+        firing with one.
+
+        @raise ChatError: (or fail with it) when the request is refused.
+        """
+        if session.userId is None and not isinstance(
+                request, ANONYMOUS_REQUESTS):
+            raise NotLoggedIn("log in first")
+        claimed = getattr(request, "claimed_id", None)
+        if claimed is not None and claimed != session.userId:
+            raise Forbidden("the request's id is not yours")
+        return self._handlers[type(request)](session, request)
+
+    # Accounts and sessions ---------------------------------------------
+
+    def _register(self, session: Any, request: Register) -> Deferred:
+        async def register() -> Registered:
+            encoded = await self.passwords.hash(request.password)
+            userId = await self.store.createUser(request.name, encoded)
+            self._log.info("{peer}: registered {name} (id {id})",
+                           peer=session.peer, name=request.name, id=userId)
+            return Registered(userId, request.name)
+
+        return ensureDeferred(register())
+
+    def _login(self, session: Any, request: Login) -> Deferred:
+        if session.userId is not None:
+            raise AlreadyLoggedIn("this connection is already logged in")
+        return ensureDeferred(self._loginAsync(session, request))
+
+    async def _loginAsync(self, session: Any, request: Login) -> LoggedIn:
+        user = await self._findUser(request.user)
+        if user is None or not await self.passwords.verify(
+                user.passwordHash, request.password):
+            raise WrongCredentials("wrong id or password")
+        if user.id in self.sessions or user.id in self._claiming:
+            raise AccountInUse("this account is logged in elsewhere")
+        self._claiming.add(user.id)
+        try:
+            claimed = await self.store.claimSession(
+                user.id, self.nodeId, self.leaseSeconds)
+        finally:
+            self._claiming.discard(user.id)
+        if not claimed:
+            raise AccountInUse("this account is logged in elsewhere")
+        # Registered before subscribing and draining: from here on, every
+        # message for this user reaches the session (held by the protocol
+        # until the login reply is written) or the offline store.
+        session.userId, session.userName = user.id, user.name
+        self.sessions[user.id] = session
+        try:
+            await self._subscribe(user.id)
+            offline = await self.store.drainOffline(user.id)
+            friends = await self.store.friendsOf(user.id)
+            groups = await self.store.groupsOf(user.id)
+        except BaseException:
+            if self.sessions.get(user.id) is session:
+                self.sessionEnded(session)
+            raise
+        return LoggedIn(user.id, user.name, friends, groups,
+                        tuple(ChatEvent.fromJSON(p) for p in offline))
+
+    def _findUser(self, ref: UserRef) -> Deferred:
+        if isinstance(ref, int):
+            if not _validId(ref):
+                return succeed(None)
+            return self.store.userById(ref)
+        return self.store.userByName(ref)
+
+    async def _subscribe(self, userId: int) -> None:
+        try:
+            await self.bus.subscribe(userId)
+        except Exception as e:
+            # The bus renews its subscriptions when it reconnects, and
+            # drains for every session then; meanwhile messages for this
+            # user are stored.  The login still succeeds.
+            self._log.warn("subscribing user {id} failed: {error}",
+                           id=userId, error=e)
+
+    def _logout(self, session: Any, request: Logout) -> LoggedOut:
+        self.sessionEnded(session)
+        return LoggedOut()
+
+    def sessionEnded(self, session: Any) -> None:
+        """
+        C{session} logged out or its connection closed: forget it here,
+        then everywhere.  Messages that arrive for the user from now on
+        are stored.
+        """
+        userId = session.userId
+        session.userId = session.userName = None
+        if userId is None or self.sessions.get(userId) is not session:
+            return
+        del self.sessions[userId]
+        self.bus.unsubscribe(userId).addErrback(
+            self._log.failure, "unsubscribing user {id}", id=userId)
+        self.store.releaseSession(userId, self.nodeId).addErrback(
+            self._log.failure, "releasing the session of user {id}",
+            id=userId)
+
+    # Chat ---------------------------------------------------------------
+
+    def _recipient(self, sender: int, ref: UserRef) -> Deferred:
+        """
+        Fires with C{(id, name, online)} of an existing user other than
+        the sender.
+        """
+        async def find() -> tuple[int, str, bool]:
+            if isinstance(ref, str):
+                user = await self.store.userByName(ref)
+                if user is None:
+                    raise NotFound(f"no user named {ref}")
+                userId = user.id
+            else:
+                userId = ref
+            if userId == sender:
+                raise InvalidValue("that is you")
+            state = await self.store.userState(userId) if _validId(
+                userId) else None
+            if state is None:
+                raise NotFound(f"no user with id {userId}")
+            return (userId, *state)
+
+        return ensureDeferred(find())
+
+    def _chat(self, session: Any, request: Chat) -> Deferred:
+        async def chat() -> ChatSent:
+            userId, _, online = await self._recipient(
+                session.userId, request.to)
+            event = ChatEvent(session.userId, session.userName, request.text,
+                              self._clock(), to_id=userId)
+            stored = await self.route([(userId, online)], event)
+            return ChatSent(online=not stored)
+
+        return ensureDeferred(chat())
+
+    async def route(self, recipients: Sequence[tuple[int, bool]],
+                    event: ChatEvent) -> list[int]:
+        """
+        Deliver C{event} to each C{(userId, onlineByDatabase)} recipient:
+        pushed to a local session, else published when the database says
+        the user is online somewhere and a server takes it, else stored and
+        poked.  Fires with the ids whose copy was stored.
+
+        Store-then-poke closes the race with a login elsewhere: that
+        login's drain sees the row, or its subscription sees the poke.
+        """
+        remote: list[tuple[int, ChatEvent]] = []
+        stored: list[int] = []
+        for userId, online in recipients:
+            session = self.sessions.get(userId)
+            if session is not None:
+                session.deliver(event)
+            elif online:
+                remote.append((userId, event))
+            else:
+                stored.append(userId)
+        if remote:
+            outcomes = await self.bus.publish(remote)
+            for (userId, _), outcome in zip(remote, outcomes):
+                if isinstance(outcome, Failure) or outcome == 0:
+                    # Nobody took it (stale state, a dead server, a logout
+                    # in flight) or we cannot tell: store, never drop.
+                    stored.append(userId)
+        if stored:
+            payload = event.toJSON()
+            await self._storeAndPoke([(u, payload) for u in stored])
+        return stored
+
+    def _storeAndPoke(self, messages: list[tuple[int, bytes]]) -> Deferred:
+        """
+        Store messages offline, then poke their recipients, so that one
+        who is logging in on some server right now drains them too.
+        """
+        def poke(_: None) -> None:
+            self.bus.poke({userId for userId, _ in messages})
+
+        return self.store.storeOffline(messages).addCallback(poke)
+
+    def _groupChat(self, session: Any, request: GroupChat) -> Deferred:
+        async def groupChat() -> GroupChatSent:
+            members = await self._membersOf(session.userId, request.group_id)
+            event = ChatEvent(session.userId, session.userName, request.text,
+                              self._clock(), group_id=request.group_id)
+            others = [(u, online) for u, online in members
+                      if u != session.userId]
+            stored = await self.route(others, event)
+            return GroupChatSent(len(others) - len(stored), len(stored))
+
+        return ensureDeferred(groupChat())
+
+    async def _membersOf(self, userId: int,
+                         groupId: int) -> list[tuple[int, bool]]:
+        members = await self.store.groupMembers(groupId) if _validId(
+            groupId) else []
+        if not members:
+            raise NotFound(f"no group with id {groupId}")
+        if not any(u == userId for u, _ in members):
+            raise Forbidden(f"you are not a member of group {groupId}")
+        return members
+
+    # Friends and groups --------------------------------------------------
+
+    def _addFriend(self, session: Any, request: AddFriend) -> Deferred:
+        async def addFriend() -> FriendAdded:
+            friendId, name, _ = await self._recipient(
+                session.userId, request.friend)
+            await self.store.addFriend(session.userId, friendId)
+            return FriendAdded(friendId, name)
+
+        return ensureDeferred(addFriend())
+
+    def _friendList(self, session: Any, request: FriendList) -> Deferred:
+        return self.store.friendsOf(session.userId).addCallback(Friends)
+
+    def _createGroup(self, session: Any, request: CreateGroup) -> Deferred:
+        return self.store.createGroup(
+            session.userId, request.name, request.description).addCallback(
+                lambda groupId: GroupCreated(groupId, request.name))
+
+    def _addGroup(self, session: Any, request: AddGroup) -> Deferred:
+        async def addGroup() -> GroupJoined:
+            if not (_validId(request.group_id) and
+                    await self.store.groupExists(request.group_id)):
+                raise NotFound(f"no group with id {request.group_id}")
+            await self.store.joinGroup(request.group_id, session.userId)
+            return GroupJoined(request.group_id)
+
+        return ensureDeferred(addGroup())
+
+    def _groupList(self, session: Any, request: GroupList) -> Deferred:
+        return self.store.groupsOf(session.userId).addCallback(Groups)
+
+    # Arrivals from the bus -------------------------------------------------
+
+    def eventArrived(self, userId: int, event: ChatEvent) -> None:
+        session = self.sessions.get(userId)
+        if session is not None:
+            session.deliver(event)
+            return
+        # The user logged out while the message was in flight: store it.
+        self._storeAndPoke([(userId, event.toJSON())]).addErrback(
+            self._log.failure,
+            "storing a message for user {id}; it is lost", id=userId)
+
+    def pokeArrived(self, userId: int) -> None:
+        if userId in self.sessions:
+            self.drainInto(userId)
+
+    def busReconnected(self) -> None:
+        for userId in list(self.sessions):
+            self.drainInto(userId)
+
+    def drainInto(self, userId: int) -> Deferred:
+        """
+        Push a live session's offline messages to it, oldest first.
+        """
+        def push(payloads: list[bytes]) -> None:
+            session = self.sessions.get(userId)
+            if session is None:
+                if payloads:
+                    # Logged out during the drain: put them back.
+                    return self._storeAndPoke([(userId, p) for p in payloads])
+                return None
+            for payload in payloads:
+                session.deliver(ChatEvent.fromJSON(payload))
+            return None
+
+        return self.store.drainOffline(userId).addCallback(push).addErrback(
+            self._log.failure, "draining offline messages of user {id}",
+            id=userId)
+
+    # Presence ------------------------------------------------------------
+
+    def checkOwnership(self, before: dict[int, Any], owned: set[int]) -> None:
+        """
+        The database, asked after the snapshot C{before} of this node's
+        sessions was taken, says this node holds the sessions in C{owned}.
+        Close every session of the snapshot still here that another node
+        has taken over meanwhile.  (Sessions that logged in after the
+        snapshot are not judged: the answer may predate their claim.)
+        """
+        for userId, session in before.items():
+            if userId not in owned and self.sessions.get(userId) is session:
+                self._log.info("user {id} was taken over by another server",
+                               id=userId)
+                del self.sessions[userId]
+                session.userId = session.userName = None
+                self.bus.unsubscribe(userId)
+                session.disconnect(
+                    "your account logged in on another server")
+
+    def shutdown(self, reason: str) -> None:
+        """Tell every local client why, and close them all."""
+        for userId, session in list(self.sessions.items()):
+            del self.sessions[userId]
+            session.userId = session.userName = None
+            session.disconnect(reason)
+

@@ -1,0 +1,169 @@
+"""
+twistd options to a running chat node: C{twistd -n chat [options]}.
+
+L{makeService} does the blocking preparation (options checked, database
+reached, tables created, node registered) before the reactor runs, so a
+bad option or an unreachable database ends twistd with one clear line and
+a non-zero exit, and nothing is served before the node is ready.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet import reactor as _reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python import usage
+
+from chat.bus import IMessageBus, LocalBus
+from chat.passwords import DEFAULT_MEMORY_KIB, DEFAULT_TIME_COST, Passwords
+from chat.presence import Presence
+from chat.protocol import ChatFactory
+from chat.service import DEFAULT_LEASE_SECONDS, ChatService
+from chat.store import BadDatabaseURL, Store, openPool
+
+
+def _positiveInt(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{value} is not a positive number")
+    return number
+
+
+_positiveInt.coerceDoc = "A positive integer."  # type: ignore[attr-defined]
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = ("A chat server: text dialect for telnet, JSON dialect for "
+                "the classic cluster chat client.  One node on SQLite by "
+                "default; a cluster with --redis and a mysql:// --db.")
+
+    optParameters = [
+        ["port", "p", "tcp:6000",
+         "Twisted server endpoint to listen on (haproxy:tcp:6001 behind "
+         "HAProxy's PROXY v2; ssl:6443:privateKey=...:certKey=... for TLS)."],
+        ["db", None, "sqlite:chat.sqlite3",
+         "sqlite:PATH or mysql://USER:PASSWORD@HOST:PORT/DBNAME."],
+        ["redis", None, None,
+         "redis://HOST:PORT[/DB]: join a cluster through Redis pub/sub."],
+        ["node-id", None, None,
+         "This node's unique name in a cluster (default: host and port)."],
+        ["max-line", None, 65536, "Longest client message, in bytes.",
+         _positiveInt],
+        ["password-time", None, DEFAULT_TIME_COST,
+         "argon2id time cost (passes).", _positiveInt],
+        ["password-memory", None, DEFAULT_MEMORY_KIB,
+         "argon2id memory cost, in KiB (at least 8).", _positiveInt],
+        ["lease", None, DEFAULT_LEASE_SECONDS,
+         "Seconds after which a silent node's sessions may be taken over.",
+         float],
+    ]
+
+    def postOptions(self) -> None:
+        if self["password-memory"] < 8:
+            raise usage.UsageError("--password-memory must be at least 8")
+        try:
+            serverFromString(_reactor, self["port"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise usage.UsageError(f"bad --port {self['port']!r}: {e}")
+        redis = self["redis"]
+        if redis is not None:
+            parts = urlsplit(redis)
+            if parts.scheme != "redis" or not parts.hostname:
+                raise usage.UsageError(
+                    f"bad --redis {redis!r}: expected redis://HOST:PORT[/DB]")
+            if self["db"].startswith("sqlite:"):
+                raise usage.UsageError(
+                    "a cluster (--redis) needs a shared database: give a "
+                    "mysql:// --db; nodes on one SQLite file are not a "
+                    "cluster")
+        if self["node-id"] is None:
+            self["node-id"] = defaultNodeId(self["port"])
+
+
+def defaultNodeId(port: str) -> str:
+    """
+    The host name and the listening endpoint; a port chosen by the kernel
+    (0) says nothing, so the process id stands in for it.
+    """
+    nodeId = f"{socket.gethostname()}:{port}"
+    if port.rstrip().split(":")[1:2] == ["0"] or ":0:" in f"{port}:":
+        nodeId += f":pid{os.getpid()}"
+    return nodeId
+
+
+class ChatListener(Service):
+    """
+    Listens on the endpoint before the reactor runs (as root, if need be),
+    and says where, so that a node started on port 0 can be found.
+    """
+
+    _log = Logger()
+
+    def __init__(self, description: str, factory: ChatFactory) -> None:
+        self._description = description
+        self._factory = factory
+        self._port: Optional[IListeningPort] = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        endpoint = serverFromString(_reactor, self._description)
+        result: list[Any] = []
+        endpoint.listen(self._factory).addBoth(result.append)
+        outcome = result[0] if result else None
+        if not IListeningPort.providedBy(outcome):
+            reason = getattr(outcome, "value", outcome)
+            if hasattr(outcome, "trap"):
+                outcome.trap(Exception)  # consumed: reported below
+            raise SystemExit(
+                f"chat: cannot listen on {self._description}: {reason}")
+        self._port = outcome
+        host = outcome.getHost()
+        self._log.info("Chat server listening on {host}:{port}",
+                       host=host.host, port=host.port)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._port is not None:
+            return self._port.stopListening()
+        return None
+
+
+def makeBus(options: Options) -> IMessageBus:
+    if options["redis"] is None:
+        return LocalBus()
+    from chat.redisbus import RedisBus
+
+    return RedisBus.fromURL(options["redis"], _reactor)
+
+
+def makeService(options: Options) -> IService:
+    try:
+        pool, dialect = openPool(options["db"])
+    except BadDatabaseURL as e:
+        raise SystemExit(f"chat: bad --db: {e}")
+    store = Store(pool, dialect)
+    try:
+        store.prepare(options["node-id"])
+    except Exception as e:
+        raise SystemExit(
+            f"chat: cannot use the database {options['db']}: {e}")
+    bus = makeBus(options)
+    passwords = Passwords(options["password-time"],
+                          options["password-memory"])
+    chat = ChatService(store, bus, passwords, options["node-id"],
+                       leaseSeconds=options["lease"])
+    top = MultiService()
+    if IService.providedBy(bus):
+        bus.setServiceParent(top)
+    Presence(chat, _reactor).setServiceParent(top)
+    ChatListener(options["port"], ChatFactory(
+        chat, options["max-line"])).setServiceParent(top)
+    return top

@@ -1,0 +1,52 @@
+-- The chat schema for MySQL/MariaDB: schema/sqlite.sql translated.
+-- InnoDB for transactions and row locks; utf8mb4 for every character;
+-- names use utf8mb4_bin, because the default collations treat "Alice" and
+-- "alice" (and many emoji) as equal, and names compare exactly.
+
+CREATE TABLE IF NOT EXISTS users (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    name VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    password VARCHAR(255) NOT NULL,
+    UNIQUE KEY users_by_name (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS friends (
+    user_id BIGINT NOT NULL,
+    friend_id BIGINT NOT NULL,
+    PRIMARY KEY (user_id, friend_id)
+) ENGINE=InnoDB;
+
+CREATE TABLE IF NOT EXISTS chat_groups (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    name VARCHAR(50) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    description VARCHAR(200) NOT NULL DEFAULT '',
+    creator_id BIGINT NOT NULL,
+    UNIQUE KEY chat_groups_by_name (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS group_members (
+    group_id BIGINT NOT NULL,
+    user_id BIGINT NOT NULL,
+    role ENUM('creator', 'normal') NOT NULL,
+    PRIMARY KEY (group_id, user_id),
+    KEY group_members_by_user (user_id, group_id)
+) ENGINE=InnoDB;
+
+CREATE TABLE IF NOT EXISTS offline_messages (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    user_id BIGINT NOT NULL,
+    payload MEDIUMTEXT NOT NULL,
+    KEY offline_messages_by_user (user_id, id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id VARCHAR(191) NOT NULL PRIMARY KEY,
+    last_seen DOUBLE NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS sessions (
+    user_id BIGINT NOT NULL PRIMARY KEY,
+    node_id VARCHAR(191) NOT NULL,
+    since DOUBLE NOT NULL,
+    KEY sessions_by_node (node_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

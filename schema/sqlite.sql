@@ -1,0 +1,59 @@
+-- The chat schema for SQLite (the embedded default).  schema/mysql.sql is
+-- the same tables for MySQL/MariaDB.  Applied at start; every statement is
+-- idempotent.
+
+-- Accounts.  Names compare exactly (SQLite's default BINARY collation).
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    password TEXT NOT NULL          -- an argon2id hash, never the password
+);
+
+-- One-way friendships: user_id has friend_id on its list.
+CREATE TABLE IF NOT EXISTS friends (
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    friend_id INTEGER NOT NULL REFERENCES users(id),
+    PRIMARY KEY (user_id, friend_id)
+);
+
+-- "groups" is a reserved word in MySQL 8, hence chat_groups.
+CREATE TABLE IF NOT EXISTS chat_groups (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL DEFAULT '',
+    creator_id INTEGER NOT NULL REFERENCES users(id)
+);
+
+CREATE TABLE IF NOT EXISTS group_members (
+    group_id INTEGER NOT NULL REFERENCES chat_groups(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    role TEXT NOT NULL CHECK (role IN ('creator', 'normal')),
+    PRIMARY KEY (group_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS group_members_by_user
+    ON group_members (user_id, group_id);
+
+-- Messages waiting for their recipient's next login; id gives the order.
+-- payload is the classic JSON event exactly as it would have been pushed.
+CREATE TABLE IF NOT EXISTS offline_messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS offline_messages_by_user
+    ON offline_messages (user_id, id);
+
+-- Servers of the cluster and their lease: last_seen is renewed about
+-- every second, in seconds since the epoch by the database's clock.
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY,
+    last_seen REAL NOT NULL
+);
+
+-- The live session of each logged-in user and the server that holds it.
+CREATE TABLE IF NOT EXISTS sessions (
+    user_id INTEGER PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    since REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_node ON sessions (node_id);
