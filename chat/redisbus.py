@@ -1,0 +1,284 @@
+"""
+The cluster's bus: Redis publish/subscribe through txredisapi.
+
+Each user has a channel, C{chat:user:<id>}, as in the classic server; the
+node holding the user's session subscribes to it.  A message is the
+classic JSON event; a poke is the word C{poke}.  PUBLISH answers how many
+subscribers got the message, which is what the service needs to know
+(see L{chat.bus}).
+
+txredisapi does not resubscribe by itself and waits forever for a reply
+while Redis is down, so this module:
+
+ - subscribes on one connection and publishes on another (a subscribed
+   connection can do nothing else);
+ - renews every subscription whenever the subscriber connects, one
+   SUBSCRIBE per channel so each reply is matched to its request, and only
+   then tells the service, which drains the offline messages stored while
+   the bus was down;
+ - fails a publish at once while the publisher is disconnected, and after
+   L{COMMAND_TIMEOUT} otherwise (the service then stores the message; a
+   rare duplicate beats a loss);
+ - pings both connections every L{PING_SECONDS}, and drops a connection
+   whose command timed out, so that a dead link is found and rebuilt
+   rather than trusted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional, Sequence
+from urllib.parse import urlsplit
+
+import txredisapi
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from chat.bus import IBusReceiver, IMessageBus, PublishOutcome
+from chat.messages import ChatEvent
+
+COMMAND_TIMEOUT = 2.0
+PING_SECONDS = 2.0
+RECONNECT_MAX_DELAY = 1.0
+CHANNEL_PREFIX = b"chat:user:"
+POKE = b"poke"
+
+
+def channelOf(userId: int) -> bytes:
+    return b"%s%d" % (CHANNEL_PREFIX, userId)
+
+
+class _Publisher(txredisapi.RedisProtocol):
+    """The publishing connection; tells the bus when it is usable."""
+
+    bus: "RedisBus"
+
+    def connectionMade(self) -> Deferred:
+        d = super().connectionMade()
+        d.addCallback(lambda _: self.bus._publisherReady(self))
+        return d
+
+    def connectionLost(self, why: Failure) -> None:
+        self.bus._connectionLost(self)
+        super().connectionLost(why)
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    """The subscribed connection; hands each message to the bus."""
+
+    bus: "RedisBus"
+
+    def connectionMade(self) -> Deferred:
+        d = super().connectionMade()
+        d.addCallback(lambda _: self.bus._subscriberReady(self))
+        return d
+
+    def messageReceived(self, pattern: Any, channel: bytes,
+                        message: bytes) -> None:
+        self.bus._messageReceived(channel, message)
+
+    def connectionLost(self, why: Failure) -> None:
+        self.bus._connectionLost(self)
+        super().connectionLost(why)
+
+
+def _factory(protocol: type, dbid: Optional[int],
+             bus: "RedisBus") -> txredisapi.RedisFactory:
+    factory = txredisapi.RedisFactory(
+        None, dbid, 1, isLazy=True, charset=None, convertNumbers=True)
+    factory.protocol = type(protocol.__name__, (protocol,), {"bus": bus})
+    # Redis restarting should cost seconds, not txredisapi's default 10 s
+    # backoff ceiling.
+    factory.initialDelay = 0.2
+    factory.maxDelay = RECONNECT_MAX_DELAY
+    return factory
+
+
+@implementer(IMessageBus)
+class RedisBus(Service):
+    _log = Logger()
+
+    def __init__(self, host: str, port: int, dbid: Optional[int],
+                 reactor: Any) -> None:
+        self._host, self._port, self._dbid = host, port, dbid
+        self._reactor = reactor
+        self._receiver: Optional[IBusReceiver] = None
+        self._wanted: set[int] = set()
+        self._publisher: Optional[_Publisher] = None
+        self._subscriber: Optional[_Subscriber] = None
+        self._factories: list[txredisapi.RedisFactory] = []
+        self._pinger: Optional[LoopingCall] = None
+        self._everConnected = False
+        self._unpoked: set[int] = set()
+
+    @classmethod
+    def fromURL(cls, url: str, reactor: Any) -> "RedisBus":
+        """A bus for C{redis://HOST:PORT[/DB]}."""
+        parts = urlsplit(url)
+        path = parts.path.strip("/")
+        dbid = int(path) if path else None
+        return cls(parts.hostname or "127.0.0.1", parts.port or 6379, dbid,
+                   reactor)
+
+    def setReceiver(self, receiver: IBusReceiver) -> None:
+        self._receiver = receiver
+
+    # Service ------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        endpoint = TCP4ClientEndpoint(self._reactor, self._host, self._port,
+                                      timeout=COMMAND_TIMEOUT)
+        for protocol in (_Publisher, _Subscriber):
+            factory = _factory(protocol, self._dbid, self)
+            factory.startConnecting(endpoint)
+            self._factories.append(factory)
+        self._pinger = LoopingCall(self._ping)
+        self._pinger.clock = self._reactor
+        self._pinger.start(PING_SECONDS, now=False)
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        if self._pinger is not None and self._pinger.running:
+            self._pinger.stop()
+        factories, self._factories = self._factories, []
+        return DeferredList([f.disconnect() for f in factories],
+                            consumeErrors=True)
+
+    # Connections --------------------------------------------------------
+
+    def _timed(self, connection: Any, d: Deferred) -> Deferred:
+        """
+        C{d} with a deadline; a command that misses it drops its
+        connection, whose replies could otherwise no longer be matched to
+        their commands.
+        """
+        def timedOut(failure: Failure) -> Failure:
+            if failure.check(txredisapi.ConnectionError) is None and \
+                    connection.transport is not None:
+                connection.transport.abortConnection()
+            return failure
+
+        return d.addTimeout(COMMAND_TIMEOUT, self._reactor).addErrback(
+            timedOut)
+
+    def _command(self, connection: Any, method: str, *args: Any) -> Deferred:
+        try:
+            d = getattr(connection, method)(*args)
+        except txredisapi.ConnectionError as e:
+            return fail(e)
+        return self._timed(connection, d)
+
+    def _publisherReady(self, connection: _Publisher) -> None:
+        self._log.info("Redis publisher connected to {host}:{port}",
+                       host=self._host, port=self._port)
+        self._publisher = connection
+        if self._unpoked:
+            # Pokes lost while Redis was away: a node that drained when its
+            # subscriber came back may have done so before we stored these.
+            unpoked, self._unpoked = self._unpoked, set()
+            self.poke(unpoked)
+
+    def _subscriberReady(self, connection: _Subscriber) -> Deferred:
+        self._subscriber = connection
+        wanted = sorted(self._wanted)
+        self._log.info("Redis subscriber connected; renewing {n} "
+                       "subscriptions", n=len(wanted))
+        d = DeferredList([
+            self._command(connection, "subscribe", [channelOf(u)])
+            for u in wanted], consumeErrors=True)
+
+        def renewed(results: list[tuple[bool, Any]]) -> None:
+            if not all(ok for ok, _ in results):
+                return  # the connection was dropped; the next one retries
+            if self._everConnected and self._receiver is not None:
+                self._receiver.busReconnected()
+            self._everConnected = True
+
+        return d.addCallback(renewed)
+
+    def _connectionLost(self, connection: Any) -> None:
+        if connection is self._publisher:
+            self._publisher = None
+            self._log.warn("Redis publisher connection lost")
+        elif connection is self._subscriber:
+            self._subscriber = None
+            self._log.warn("Redis subscriber connection lost")
+
+    def _ping(self) -> None:
+        for connection in (self._publisher, self._subscriber):
+            if connection is not None:
+                self._command(connection, "ping").addErrback(
+                    lambda f: self._log.warn("Redis ping failed: {error}",
+                                             error=f.value))
+
+    # Subscriptions ------------------------------------------------------
+
+    def subscribe(self, userId: int) -> Deferred:
+        self._wanted.add(userId)
+        if self._subscriber is None:
+            return fail(txredisapi.ConnectionError("Redis is unreachable"))
+        return self._command(self._subscriber, "subscribe",
+                             [channelOf(userId)])
+
+    def unsubscribe(self, userId: int) -> Deferred:
+        self._wanted.discard(userId)
+        if self._subscriber is None:
+            return succeed(None)  # nothing to undo: renewal skips it
+        return self._command(self._subscriber, "unsubscribe",
+                             [channelOf(userId)])
+
+    def _messageReceived(self, channel: bytes, message: bytes) -> None:
+        receiver = self._receiver
+        if receiver is None or not channel.startswith(CHANNEL_PREFIX):
+            return
+        try:
+            userId = int(channel[len(CHANNEL_PREFIX):])
+            if message == POKE:
+                receiver.pokeArrived(userId)
+            else:
+                receiver.eventArrived(userId, ChatEvent.fromJSON(message))
+        except Exception:
+            self._log.failure("handling a bus message on {channel!r}",
+                              channel=channel)
+
+    # Publishing ---------------------------------------------------------
+
+    def publish(self, targets: Sequence[tuple[int, ChatEvent]]) -> Deferred:
+        return self._publishAll(
+            [(channelOf(u), e.toJSON()) for u, e in targets])
+
+    def poke(self, userIds: Iterable[int]) -> Deferred:
+        users = list(userIds)
+
+        def retryLater(outcomes: list[PublishOutcome]) -> None:
+            for userId, outcome in zip(users, outcomes):
+                if isinstance(outcome, Failure):
+                    # Poked again once the publisher is back.
+                    self._unpoked.add(userId)
+
+        return self._publishAll(
+            [(channelOf(u), POKE) for u in users]).addCallback(retryLater)
+
+    def _publishAll(self, messages: list[tuple[bytes, bytes]]) -> Deferred:
+        """
+        Write every PUBLISH at once (pipelined) and fire with each count
+        or failure, in order.
+        """
+        connection = self._publisher
+        if connection is None:
+            unreachable = Failure(
+                txredisapi.ConnectionError("Redis is unreachable"))
+            return succeed([unreachable] * len(messages))
+        d = DeferredList([
+            self._command(connection, "publish", channel, payload)
+            for channel, payload in messages], consumeErrors=True)
+        return d.addCallback(lambda results: [
+            value if ok and isinstance(value, int) else (
+                value if isinstance(value, Failure) else Failure(
+                    txredisapi.ResponseError(repr(value))))
+            for ok, value in results])
