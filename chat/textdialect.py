@@ -31,8 +31,21 @@ _SEPARATORS = re.compile(r"[ \t]+")
 _COLON_FORM = re.compile(r"([A-Za-z]+):")
 
 
-def _userRef(arg: str) -> UserRef:
+def _loginRef(arg: str) -> UserRef:
+    """
+    Whom a login names: any name is only compared with the accounts, so
+    one outside the rules is just wrong credentials.
+    """
     return rules.parseId(arg) if rules.isIdShaped(arg) else arg
+
+
+def _userRef(arg: str) -> UserRef:
+    """
+    The user a request names: an id, or a name within the rules (a name
+    outside them is error 100, which comes before 104, PROTOCOL.md 3.1).
+    """
+    return rules.parseId(arg) if rules.isIdShaped(arg) else (
+        rules.checkUserName(arg))
 
 
 def _groupId(arg: str) -> int:
@@ -64,7 +77,7 @@ _COMMANDS: dict[str, _Command] = {
             rules.checkUserName(name), rules.checkPassword(password))),
     "login": _Command(
         "login ID-OR-NAME PASSWORD", "log in; offline messages follow", 2, 2,
-        lambda user, password: Login(_userRef(user), password)),
+        lambda user, password: Login(_loginRef(user), password)),
     "logout": _Command("logout", "log out, keep the connection", 0, 0,
                        Logout),
     "chat": _Command(
@@ -142,6 +155,18 @@ def parseCommand(line: str) -> Request:
     return command.build(*args)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _oneLine(text: str) -> str:
+    """
+    C{text} with its control characters but tab escaped as C{\\xNN}, so
+    that a message which echoes what a client sent (an error naming an
+    unknown user) is still one line and carries no terminal escape.
+    """
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _ok(text: str) -> bytes:
     return f"OK {text}\r\n".encode("utf-8")
 
@@ -210,13 +235,14 @@ class TextDialect:
         return _REPLIES[type(reply)](reply)
 
     def encodeError(self, context: Any, error: ChatError) -> bytes:
-        return f"ERR {error.errno} {error.message}\r\n".encode("utf-8")
+        return f"ERR {error.errno} {_oneLine(error.message)}\r\n".encode(
+            "utf-8")
 
     def encodeEvent(self, event: ChatEvent) -> bytes:
         return event.toTextLine()
 
     def encodeNotice(self, text: str) -> bytes:
-        return f"NOTICE {text}\r\n".encode("utf-8")
+        return f"NOTICE {_oneLine(text)}\r\n".encode("utf-8")
 
 
 TEXT = TextDialect()

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from chat import rules
 from chat.dialect import IDialect, Rejected
+from chat.errors import NotFound
 from chat.jsondialect import CLASSIC, JSON
 from chat.messages import (
     ChatEvent, Chat, CreateGroup, GroupChat, Register,
@@ -145,6 +146,34 @@ class DecodeNeverRaisesTests(SynchronousTestCase):
         body = self.checkDialect(TEXT, line)
         if isinstance(body, str):
             self.assertRegex(body, r"^ERR 1\d\d \S")
+
+
+class MessageFramingTests(SynchronousTestCase):
+    """
+    Error and notice texts come from the service too, and may echo what a
+    client sent: whatever they hold, each is still one line.
+    """
+
+    @SETTINGS
+    @given(st.text(max_size=100))
+    def test_textOneLine(self, message: str) -> None:
+        """C{ERR} and C{NOTICE} lines hold no stray CR or LF."""
+        for data in [TEXT.encodeError(None, NotFound(message)),
+                     TEXT.encodeNotice(message)]:
+            self.assertTrue(data.endswith(b"\r\n"))
+            self.assertEqual(data.count(b"\n"), 1)
+            self.assertEqual(data.count(b"\r"), 1)
+
+    @SETTINGS
+    @given(st.text(max_size=100))
+    def test_jsonOneLine(self, message: str) -> None:
+        """ACK 11 and NOTICE objects carry the text on one line."""
+        for data in [JSON.encodeError(Chat(2, "x"), NotFound(message)),
+                     JSON.encodeNotice(message)]:
+            self.assertTrue(data.endswith(b"\n"))
+            self.assertEqual(data.count(b"\n"), 1)
+            obj = json.loads(data)
+            self.assertEqual(obj.get("errmsg", obj.get("msg")), message)
 
 
 def checkJSONError(case: SynchronousTestCase, line: bytes, body: str) -> None:

@@ -122,6 +122,27 @@ class DecodeTests(SynchronousTestCase):
         self.assertDecodes(b"login 99999999999999999999 pw",
                            Login(rules.MAX_ID + 1, "pw"))
 
+    def test_userNameOutsideRules(self) -> None:
+        """
+        A USER of chat or addfriend that is neither an id nor a name
+        within the rules is error 100 (which comes before 104), not looked
+        up; among them the colon form's C{addfriend:2:3}.
+        """
+        for line in [b"chat bad! hi", b"chat 1a hi", b"chat a\rb hi",
+                     b"chat a\x1bb hi", b"addfriend " + b"a" * 33,
+                     b"addfriend:2:3", b"chat:a!:hi"]:
+            result = TEXT.decode(line)
+            self.assertIsInstance(result, Rejected, repr(line))
+            self.assertIsInstance(result.error, InvalidValue)
+            self.assertEqual(result.error.errno, 100)
+
+    def test_loginNameNotChecked(self) -> None:
+        """
+        A login by a name outside the rules is left to the credentials
+        check: no account has that name, so it is a wrong login (103).
+        """
+        self.assertDecodes(b"login bad! pw", Login("bad!", "pw"))
+
     def test_loginPasswordNotChecked(self) -> None:
         """
         A login's password is taken as sent: a wrong one is a credentials
@@ -176,7 +197,7 @@ class ColonFormTests(SynchronousTestCase):
         for line in [b"chat:2", b"chat::hi", b"chat:", b"groupchat:3",
                      b"addgroup:", b"creategroup:", b"help:x", b"ping:x"]:
             result = TEXT.decode(line)
-            self.assertIsInstance(result, Rejected, line)
+            self.assertIsInstance(result, Rejected, repr(line))
             self.assertEqual(result.error.errno, 100)
 
 
@@ -185,7 +206,7 @@ class RejectTests(SynchronousTestCase):
 
     def assertRejected(self, line: bytes) -> ChatError:
         result = TEXT.decode(line)
-        self.assertIsInstance(result, Rejected, line)
+        self.assertIsInstance(result, Rejected, repr(line))
         self.assertIsInstance(result.error, BadRequest)
         self.assertEqual(result.error.errno, 100)
         [reply] = lines(TEXT.encodeError(result.context, result.error))
@@ -401,6 +422,17 @@ class EncodeErrorTests(SynchronousTestCase):
             self.assertNotIn("\x85", reply)
 
 
+    def test_messageControlCharactersEscaped(self) -> None:
+        """
+        An error message that echoes client input (a service's "no user
+        named ...") has its control characters escaped, tab kept, so the
+        reply stays one line and sends no terminal escape.
+        """
+        self.assertEqual(
+            TEXT.encodeError(None, NotFound("no user a\rb\x1b[2J\tc\x85")),
+            b"ERR 104 no user a\\x0db\\x1b[2J\tc\\x85\r\n")
+
+
 class EventTests(SynchronousTestCase):
     """Pushed events and notices: one line each, with CRLF."""
 
@@ -427,3 +459,8 @@ class EventTests(SynchronousTestCase):
         """C{NOTICE <text>}."""
         self.assertEqual(TEXT.encodeNotice("server shutting down"),
                          b"NOTICE server shutting down\r\n")
+
+    def test_noticeOneLine(self) -> None:
+        """A notice with a line break is escaped onto one line."""
+        self.assertEqual(TEXT.encodeNotice("going\r\ndown"),
+                         b"NOTICE going\\x0d\\x0adown\r\n")
