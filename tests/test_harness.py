@@ -17,6 +17,7 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.trial import unittest
 
 from tests import harness
+from tests.harness.process import _ephemeralRange
 from tests.harness import (
     ChatNode, HAProxy, LineClient, OwnMariaDB, RedisServer, SharedMariaDBDatabase,
     freePort, proxyV2Header, renderHAProxyConfig, requireProgram,
@@ -80,7 +81,7 @@ class BasicsTests(unittest.SynchronousTestCase):
     def test_freePort(self) -> None:
         """The port is bindable and below the ephemeral range (no self-connects)."""
         port = freePort()
-        self.assertLess(port, harness._ephemeralRange()[0])
+        self.assertLess(port, _ephemeralRange()[0])
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
 
