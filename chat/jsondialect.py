@@ -107,16 +107,6 @@ def _createGroup(obj: dict[str, Any]) -> Request:
     return CreateGroup(name, rules.checkDescription(description), claimed)
 
 
-def _withoutClaim(obj: dict[str, Any], kind: Callable[[], Request]) -> Request:
-    """
-    A request whose value has no C{claimed_id}: its C{id}, if any, is
-    still type-checked, since only PING, LOGIN_MSG and REG_MSG ignore it
-    (PROTOCOL.md 3.1).
-    """
-    _optional(obj, "id", int)
-    return kind()
-
-
 def _groupChat(obj: dict[str, Any]) -> Request:
     return GroupChat(_field(obj, "groupid", int), rules.checkText(
         _field(obj, "msg", str)), _optional(obj, "id", int))
@@ -134,8 +124,8 @@ _PARSERS: dict[int, Callable[[dict[str, Any]], Request]] = {
         _field(obj, "groupid", int), _optional(obj, "id", int)),
     GROUP_CHAT_MSG: _groupChat,
     PING: lambda obj: Ping(),
-    FRIEND_LIST: lambda obj: _withoutClaim(obj, FriendList),
-    GROUP_LIST: lambda obj: _withoutClaim(obj, GroupList),
+    FRIEND_LIST: lambda obj: FriendList(_optional(obj, "id", int)),
+    GROUP_LIST: lambda obj: GroupList(_optional(obj, "id", int)),
 }
 
 _MSGIDS: dict[type, int] = {

@@ -78,12 +78,12 @@ class Ping:
 
 @attrs.frozen
 class FriendList:
-    pass
+    claimed_id: Optional[int] = None
 
 
 @attrs.frozen
 class GroupList:
-    pass
+    claimed_id: Optional[int] = None
 
 
 @attrs.frozen

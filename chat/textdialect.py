@@ -120,11 +120,11 @@ def _splitArguments(command: _Command, rest: str, colon: bool) -> list[str]:
     if colon:
         if not rest and command.most == 0:
             return []
-        parts = rest.split(":", max(command.most - 1, 0))
-        if command.restOfLine:
-            return [p.strip(" \t") for p in parts[:-1]] + [
-                parts[-1].strip(" \t")]
-        return [p.strip(" \t") for p in parts]
+        args = [p.strip(" \t") for p in rest.split(
+            ":", max(command.most - 1, 0))]
+        if len(args) > command.least and args[-1] == "":
+            args.pop()  # an optional final argument left empty: creategroup:g:
+        return args
     if not rest:
         return []
     if command.restOfLine:

@@ -176,12 +176,13 @@ class DecodeRequestTests(SynchronousTestCase):
 
     def test_listsWithId(self) -> None:
         """
-        FRIEND_LIST and GROUP_LIST accept the classic integer C{id}.
+        FRIEND_LIST and GROUP_LIST carry their C{id}, which the service
+        checks against the logged-in user (103).
         """
         self.assertEqual(JSON.decode(line({"msgid": 14, "id": 1})),
-                         FriendList())
+                         FriendList(1))
         self.assertEqual(JSON.decode(line({"msgid": 16, "id": 1})),
-                         GroupList())
+                         GroupList(1))
 
     def test_extraFieldsIgnored(self) -> None:
         """Unknown extra fields are ignored."""

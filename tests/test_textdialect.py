@@ -183,8 +183,13 @@ class ColonFormTests(SynchronousTestCase):
         self.assertDecodes(b"LOGINOUT:", Logout())
 
     def test_optionalDescription(self) -> None:
-        """C{creategroup:NAME} without a description is fine."""
+        """
+        C{creategroup:NAME} without a description is fine, and so is
+        C{creategroup:NAME:} with an empty one (the classic client sends
+        that when its user gives none).
+        """
         self.assertDecodes(b"creategroup:dev", CreateGroup("dev", ""))
+        self.assertDecodes(b"creategroup:dev:", CreateGroup("dev", ""))
 
     def test_plainFormWithColonInside(self) -> None:
         """
