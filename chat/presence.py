@@ -60,7 +60,6 @@ class Presence(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         chat = self._chat
-        chat.shutdown("the server is shutting down; please reconnect")
         return chat.store.stopNode(chat.nodeId).addErrback(
             self._log.failure, "clearing this node's sessions")
 

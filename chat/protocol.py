@@ -55,8 +55,10 @@ class ChatProtocol(Protocol):
     userId: Optional[int] = None
     userName: Optional[str] = None
 
-    def __init__(self, service: ChatService, maxLength: int) -> None:
+    def __init__(self, service: ChatService, maxLength: int,
+                 connections: set["ChatProtocol"]) -> None:
         self._service = service
+        self._connections = connections
         self._splitter = MessageSplitter(maxLength)
         self._dialect: Optional[IDialect] = None
         self._queue: deque[bytes] = deque()
@@ -79,8 +81,10 @@ class ChatProtocol(Protocol):
 
     def connectionMade(self) -> None:
         enableKeepAlive(self.transport)
+        self._connections.add(self)
 
     def connectionLost(self, reason: Failure = None) -> None:
+        self._connections.discard(self)
         self._closing = True
         self._queue.clear()
         self._endSession()
@@ -267,7 +271,8 @@ def enableKeepAlive(transport: Any) -> None:
 
 class ChatFactory(Factory):
     """
-    Builds a L{ChatProtocol} per connection.
+    Builds a L{ChatProtocol} per connection, and keeps the open ones so
+    that a shutdown can tell every client why it is being disconnected.
     """
 
     protocol = ChatProtocol
@@ -276,6 +281,16 @@ class ChatFactory(Factory):
     def __init__(self, service: ChatService, maxLength: int) -> None:
         self.service = service
         self.maxLength = maxLength
+        self.connections: set[ChatProtocol] = set()
 
     def buildProtocol(self, addr: interfaces.IAddress) -> ChatProtocol:
-        return ChatProtocol(self.service, self.maxLength)
+        return ChatProtocol(self.service, self.maxLength, self.connections)
+
+    def closeAll(self, reason: str) -> None:
+        """
+        End every session (so messages for those users are stored from
+        now on), then send every client C{reason} and close it.
+        """
+        self.service.shutdown(reason)
+        for connection in list(self.connections):
+            connection.disconnect(reason)

@@ -397,7 +397,10 @@ class ChatService:
                     "your account logged in on another server")
 
     def shutdown(self, reason: str) -> None:
-        """Tell every local client why, and close them all."""
+        """
+        This server is stopping: forget every local session, telling each
+        client why, and close it.  (The node's rows go with its lease.)
+        """
         for userId, session in list(self.sessions.items()):
             del self.sessions[userId]
             session.userId = session.userName = None

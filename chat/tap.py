@@ -130,10 +130,14 @@ class ChatListener(Service):
                        host=host.host, port=host.port)
 
     def stopService(self) -> Any:
+        """
+        Stop accepting, then tell every client that the server is going
+        away and close it.
+        """
         super().stopService()
-        if self._port is not None:
-            return self._port.stopListening()
-        return None
+        d = self._port.stopListening() if self._port is not None else None
+        self._factory.closeAll("the server is shutting down; please reconnect")
+        return d
 
 
 def makeBus(options: Options) -> IMessageBus:
