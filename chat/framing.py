@@ -35,23 +35,45 @@ class MessageSplitter:
         CR just before it counts as part of the terminator).
     """
 
-    __slots__ = ("maxLength", "_buffer")
+    __slots__ = ("maxLength", "_pending", "_pendingSize")
 
     def __init__(self, maxLength: int) -> None:
         self.maxLength = maxLength
-        self._buffer = b""
+        self._pending: list[bytes] = []
+        """The start of an unfinished message: reads with no terminator."""
+        self._pendingSize = 0
 
     def feed(self, data: bytes) -> Iterator[tuple[bytes, bool]]:
         """
         Add C{data}; yield each completed message with whether it ended in
         NUL.
 
+        Only C{data} is searched for a terminator and the unfinished start
+        is joined once, when its end arrives, so a message sent a byte at a
+        time costs time linear in its length.
+
         @raise MessageTooLong: after the messages before the overlong one
             have been yielded.
         """
-        buffer = self._buffer + data if self._buffer else data
-        start = 0
         limit = self.maxLength
+        if not data:
+            return
+        if self._pending:
+            if _TERMINATOR.search(data) is None:
+                self._pending.append(data)
+                self._pendingSize += len(data)
+                if self._pendingSize > limit and not (
+                        self._pendingSize == limit + 1 and
+                        data.endswith(b"\r")):
+                    head = _head(b"".join(self._pending))
+                    self._pending, self._pendingSize = [], 0
+                    raise MessageTooLong(head)
+                return
+            buffer = b"".join(self._pending) + data
+            self._pending, self._pendingSize = [], 0
+        else:
+            buffer = data
+        start = 0
         for match in _TERMINATOR.finditer(buffer):
             end = match.start()
             line = buffer[start:end]
@@ -59,12 +81,19 @@ class MessageSplitter:
             if line.endswith(b"\r"):
                 line = line[:-1]
             if len(line) > limit:
-                self._buffer = b""
-                raise MessageTooLong(line[:64])
+                raise MessageTooLong(_head(line))
             yield line, match.group() == b"\0"
         rest = buffer[start:]
         if len(rest) > limit and not (
                 len(rest) == limit + 1 and rest.endswith(b"\r")):
-            self._buffer = b""
-            raise MessageTooLong(rest[:64])
-        self._buffer = rest
+            raise MessageTooLong(_head(rest))
+        if rest:
+            self._pending, self._pendingSize = [rest], len(rest)
+
+
+def _head(message: bytes) -> bytes:
+    """
+    Enough of an overlong message to tell its dialect by its first
+    non-space byte, however many spaces and tabs come before it.
+    """
+    return message.lstrip(b" \t")[:64]
