@@ -12,7 +12,7 @@ offline store followed by a poke.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
@@ -56,13 +56,55 @@ class ISession(Interface):
         """Send C{reason} as a notice, then close the connection."""
 
 
+_lastSecond: list[Any] = [None, ""]
+
+
 def serverTime() -> str:
-    """The server's local time, as the classic events carry it."""
-    return time.strftime("%Y-%m-%d %H:%M:%S")
+    """
+    The server's local time, as the classic events carry it; formatted
+    once a second, not once a message.
+    """
+    now = int(time.time())
+    if _lastSecond[0] != now:
+        _lastSecond[0] = now
+        _lastSecond[1] = time.strftime("%Y-%m-%d %H:%M:%S",
+                                       time.localtime(now))
+    return _lastSecond[1]
 
 
 def _validId(value: int) -> bool:
     return 0 < value <= MAX_ID
+
+
+_DELIVERED = ChatSent(online=True)
+_STORED = ChatSent(online=False)
+
+
+class KnownUsers:
+    """
+    Ids and names of users known to exist, so that the chat path can skip
+    the database.  Accounts are never renamed or deleted, so an entry
+    never goes stale; the cache is only bounded, and simply starts afresh
+    when full.
+    """
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._capacity = capacity
+        self._names: dict[int, str] = {}
+        self._ids: dict[str, int] = {}
+
+    def remember(self, userId: int, name: str) -> None:
+        if len(self._names) >= self._capacity:
+            self._names.clear()
+            self._ids.clear()
+        self._names[userId] = name
+        self._ids[name] = userId
+
+    def nameOf(self, userId: int) -> Optional[str]:
+        return self._names.get(userId)
+
+    def idOf(self, name: str) -> Optional[int]:
+        return self._ids.get(name)
 
 
 @implementer(IBusReceiver)
@@ -83,6 +125,7 @@ class ChatService:
         self.nodeId = nodeId
         self.leaseSeconds = leaseSeconds
         self.sessions: dict[int, Any] = {}
+        self.users = KnownUsers()
         self._claiming: set[int] = set()
         self._clock = clock
         bus.setReceiver(self)
@@ -123,6 +166,7 @@ class ChatService:
         async def register() -> Registered:
             encoded = await self.passwords.hash(request.password)
             userId = await self.store.createUser(request.name, encoded)
+            self.users.remember(userId, request.name)
             self._log.info("{peer}: registered {name} (id {id})",
                            peer=session.peer, name=request.name, id=userId)
             return Registered(userId, request.name)
@@ -153,6 +197,7 @@ class ChatService:
         # message for this user reaches the session (held by the protocol
         # until the login reply is written) or the offline store.
         session.userId, session.userName = user.id, user.name
+        self.users.remember(user.id, user.name)
         self.sessions[user.id] = session
         try:
             await self._subscribe(user.id)
@@ -209,14 +254,16 @@ class ChatService:
     def _recipient(self, sender: int, ref: UserRef) -> Deferred:
         """
         Fires with C{(id, name, online)} of an existing user other than
-        the sender.
+        the sender; C{online} is what the database says.
         """
         async def find() -> tuple[int, str, bool]:
             if isinstance(ref, str):
-                user = await self.store.userByName(ref)
-                if user is None:
-                    raise NotFound(f"no user named {ref}")
-                userId = user.id
+                userId = self.users.idOf(ref)
+                if userId is None:
+                    user = await self.store.userByName(ref)
+                    if user is None:
+                        raise NotFound(f"no user named {ref}")
+                    userId = user.id
             else:
                 userId = ref
             if userId == sender:
@@ -225,31 +272,60 @@ class ChatService:
                 userId) else None
             if state is None:
                 raise NotFound(f"no user with id {userId}")
+            self.users.remember(userId, state[0])
             return (userId, *state)
 
         return ensureDeferred(find())
 
-    def _chat(self, session: Any, request: Chat) -> Deferred:
-        async def chat() -> ChatSent:
-            userId, _, online = await self._recipient(
-                session.userId, request.to)
+    def _chat(self, session: Any, request: Chat) -> ChatSent | Deferred:
+        """
+        The hot path.  A recipient known to exist needs no database at
+        all: pushed here if local (no Deferred either), else published,
+        and stored only when no server took it.  Otherwise one query finds
+        the user and what the database says of its state.
+        """
+        to = request.to
+        userId = self.users.idOf(to) if isinstance(to, str) else to
+        if userId is not None and userId != session.userId and \
+                self.users.nameOf(userId) is not None:
             event = ChatEvent(session.userId, session.userName, request.text,
                               self._clock(), to_id=userId)
-            stored = await self.route([(userId, online)], event)
-            return ChatSent(online=not stored)
+            local = self.sessions.get(userId)
+            if local is not None:
+                local.deliver(event)
+                return _DELIVERED
+            return ensureDeferred(self._chatTo(userId, None, event))
+
+        async def chat() -> ChatSent:
+            userId, _, online = await self._recipient(session.userId, to)
+            event = ChatEvent(session.userId, session.userName, request.text,
+                              self._clock(), to_id=userId)
+            return await self._chatTo(userId, online, event)
 
         return ensureDeferred(chat())
 
-    async def route(self, recipients: Sequence[tuple[int, bool]],
+    async def _chatTo(self, userId: int, online: Optional[bool],
+                      event: ChatEvent) -> ChatSent:
+        stored = await self.route([(userId, online)], event)
+        return _STORED if stored else _DELIVERED
+
+    async def route(self, recipients: Sequence[tuple[int, Optional[bool]]],
                     event: ChatEvent) -> list[int]:
         """
-        Deliver C{event} to each C{(userId, onlineByDatabase)} recipient:
-        pushed to a local session, else published when the database says
-        the user is online somewhere and a server takes it, else stored and
-        poked.  Fires with the ids whose copy was stored.
+        Deliver C{event} to each C{(userId, onlineByDatabase)} recipient,
+        where C{onlineByDatabase} is L{None} when the database was not
+        asked.  A recipient is pushed to its local session; else, unless
+        the database said it is offline, published, and a publish that no
+        server took (count 0) or whose outcome is unknown is stored; the
+        rest is stored too.  Every stored copy is then poked.  Fires with
+        the ids whose copy was stored.
 
-        Store-then-poke closes the race with a login elsewhere: that
-        login's drain sees the row, or its subscription sees the poke.
+        Why publishing without asking the database keeps every guarantee:
+        the publish count is the proof of a live session elsewhere, and
+        store-then-poke closes the race with a login elsewhere (that
+        login's drain sees the row, or its subscription sees the poke).
+        The database's answer only saves a publish for a user it knows to
+        be offline.
         """
         remote: list[tuple[int, ChatEvent]] = []
         stored: list[int] = []
@@ -257,10 +333,10 @@ class ChatService:
             session = self.sessions.get(userId)
             if session is not None:
                 session.deliver(event)
-            elif online:
-                remote.append((userId, event))
-            else:
+            elif online is False:
                 stored.append(userId)
+            else:
+                remote.append((userId, event))
         if remote:
             outcomes = await self.bus.publish(remote)
             for (userId, _), outcome in zip(remote, outcomes):
@@ -348,6 +424,19 @@ class ChatService:
         self._storeAndPoke([(userId, event.toJSON())]).addErrback(
             self._log.failure,
             "storing a message for user {id}; it is lost", id=userId)
+
+    def storeUndelivered(self, userId: int,
+                         events: Sequence[ChatEvent]) -> Deferred:
+        """
+        Messages handed to a session that could not write them (its
+        connection closed before its login reply went out): store them
+        again, in order, for the user's next login.
+        """
+        return self._storeAndPoke(
+            [(userId, event.toJSON()) for event in events]).addErrback(
+                self._log.failure,
+                "storing {count} undelivered messages for user {id}; "
+                "they are lost", count=len(events), id=userId)
 
     def pokeArrived(self, userId: int) -> None:
         if userId in self.sessions:
