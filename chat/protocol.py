@@ -65,7 +65,7 @@ class ChatProtocol(Protocol):
         self._busy = False
         self._paused = False
         self._closing = False
-        self._held: Optional[list[bytes]] = None
+        self._held: Optional[list[ChatEvent]] = None
 
     @property
     def peer(self) -> str:
@@ -191,6 +191,8 @@ class ChatProtocol(Protocol):
 
     def _replied(self, reply: Reply, request: Request) -> None:
         if self._closing:
+            if isinstance(reply, LoggedIn):
+                self._loginAbandoned(reply)
             return
         data = self._dialect.encodeReply(request, reply)  # type: ignore
         if data is not None:
@@ -222,7 +224,22 @@ class ChatProtocol(Protocol):
         """
         held, self._held = self._held, None
         if held and not self._closing:
-            self.transport.write(b"".join(held))
+            encode = self._dialect.encodeEvent  # type: ignore[union-attr]
+            self.transport.write(b"".join(encode(e) for e in held))
+
+    def _loginAbandoned(self, reply: LoggedIn) -> None:
+        """
+        The connection closed while its login was being answered, after
+        the service had registered the session: end that session, or the
+        account stays in use and its messages go into a dead connection,
+        and hand back for storing the offline messages the login drained
+        and the events held for it.
+        """
+        held, self._held = self._held or [], None
+        self._endSession()
+        events = [*reply.offline, *held]
+        if events:
+            self._service.storeUndelivered(reply.user_id, events)
 
     # The session, as the service sees it ------------------------------
 
@@ -231,13 +248,11 @@ class ChatProtocol(Protocol):
         Push a chat message to this client (held back while a login reply
         is pending, so that it never overtakes the offline messages).
         """
-        if self._closing:
-            return
-        data = self._dialect.encodeEvent(event)  # type: ignore[union-attr]
         if self._held is not None:
-            self._held.append(data)
-        else:
-            self.transport.write(data)
+            self._held.append(event)
+        elif not self._closing:
+            self.transport.write(
+                self._dialect.encodeEvent(event))  # type: ignore[union-attr]
 
     def notice(self, text: str) -> None:
         if self._dialect is not None and not self._closing:
