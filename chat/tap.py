@@ -66,6 +66,16 @@ class Options(usage.Options):
          float],
     ]
 
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        A bad option ends twistd with one line on stderr and exit status 1
+        (DESIGN.md 7), not with twistd's whole usage text on stdout.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"chat: {e} (see twistd chat --help)")
+
     def postOptions(self) -> None:
         if self["password-memory"] < 8:
             raise usage.UsageError("--password-memory must be at least 8")
