@@ -10,29 +10,22 @@ service whose answers the test controls, so they run without a reactor.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from typing import Any, Callable, Optional
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
-from chat.bus import LocalBus
 from chat.errors import (
     AccountInUse, Forbidden, NotFound, NotLoggedIn,
 )
 from chat.messages import (
-    Chat, ChatEvent, ChatSent, CreateGroup, Friend, GroupCreated, Help,
-    LoggedIn, LoggedOut, Login, Logout, Ping, Pong, Quit, Register,
-    Registered, Request,
+    Chat, ChatEvent, ChatSent, CreateGroup, Friend, GroupCreated, LoggedIn,
+    LoggedOut, Login, Logout, Ping, Pong, Register, Registered, Request,
 )
-from chat.passwords import Passwords
 from chat.protocol import ChatFactory, ChatProtocol
-from chat.service import ChatService
-from chat.store import Store, openPool
 
 MAX = 64
 """The --max-line of the protocols under test: small, to test the limit."""
@@ -190,9 +183,10 @@ class DialectChoiceTests(SynchronousTestCase):
         all the same, and is answered with 100 there.
         """
         self.protocol.dataReceived(b"{not json\n")
-        self.assertEqual(jsonLines(self.transport), [
-            {"msgid": 11, "req": None, "errno": 100,
-             "errmsg": jsonLines(self.transport)[0]["errmsg"]}])
+        [reply] = jsonLines(self.transport)
+        self.assertEqual((reply["msgid"], reply["req"], reply["errno"]),
+                         (11, None, 100))
+        self.assertTrue(reply["errmsg"])
 
 
 class TerminatorTests(SynchronousTestCase):
@@ -660,6 +654,21 @@ class SessionTests(SynchronousTestCase):
         protocol, transport = connect(service)
         protocol.dataReceived(b"chat bob hi\r\n")
         self.assertEqual(textLines(transport), ["ERR 102 log in first"])
+
+    def test_malformedBeforeNotLoggedIn(self) -> None:
+        """
+        100 wins over 102 (PROTOCOL.md 3.1): a malformed request on an
+        anonymous connection is refused as malformed, and never reaches
+        the service.
+        """
+        service = FakeService()
+        service.answers[Chat] = NotLoggedIn("log in first")
+        protocol, transport = connect(service)
+        protocol.dataReceived(b'{"msgid":6,"toid":"2","msg":"hi"}\n'
+                              b'{"msgid":6,"toid":2,"msg":"hi"}\n')
+        self.assertEqual([r["errno"] for r in jsonLines(transport)],
+                         [100, 102])
+        self.assertEqual(service.requests, [Chat(2, "hi")])
 
     def test_closedDuringLogin(self) -> None:
         """
