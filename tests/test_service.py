@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -87,10 +87,13 @@ class ServiceTestCase(TestCase):
         # queries in order, so this waits for the fire-and-forget ones
         # (session releases, stores) that a test left behind.
         self.addCleanup(self.settle)
-        self.bus = LocalBus()
+        self.bus = self.makeBus()
         self.service = ChatService(
             self.store, self.bus, Passwords(timeCost=1, memoryKiB=8), NODE,
             clock=lambda: TIME)
+
+    def makeBus(self) -> LocalBus:
+        return LocalBus()
 
     def call(self, session: Any, request: Request) -> Deferred[Any]:
         """The service's answer to C{request}, always as a Deferred."""
@@ -828,6 +831,138 @@ class UnicodeTests(ServiceTestCase):
                          [("张三", "群消息 🚀")])
         friends = await self.call(zhangSession, FriendList())
         self.assertEqual(friends, Friends((Friend(li, "李四", True),)))
+
+
+class ScriptedBus(LocalBus):
+    """
+    A LocalBus that records what is published and poked, and can answer
+    publishes as a cluster would: C{outcomes[userId]} is how many servers
+    took that user's message (or a Failure: Redis down, timed out).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[list[tuple[int, ChatEvent]]] = []
+        self.poked: list[set[int]] = []
+        self.outcomes: dict[int, Any] = {}
+
+    def publish(self, targets: Any) -> Deferred[Any]:
+        self.published.append(list(targets))
+        local = super().publish(
+            [t for t in targets if t[0] not in self.outcomes])
+        results = iter(local.result)
+        return succeed([self.outcomes[userId] if userId in self.outcomes
+                        else next(results) for userId, _ in targets])
+
+    def poke(self, userIds: Any) -> Deferred[None]:
+        self.poked.append(set(userIds))
+        return super().poke(userIds)
+
+
+class RoutingTests(ServiceTestCase):
+    """
+    DESIGN.md 3: a user online on another server (by the database) gets a
+    publish, whose count decides; zero or an unknown outcome means the
+    message is stored and poked, never dropped.
+    """
+
+    bus: ScriptedBus
+
+    def makeBus(self) -> ScriptedBus:
+        return ScriptedBus()
+
+    async def setUpCluster(self) -> None:
+        """alice here; bob holds a session on the live node "other"."""
+        self.alice = await self.register("alice")
+        self.bob = await self.register("bob")
+        self.aliceSession, _ = await self.login(self.alice)
+        await self.store.renewLease("other", None)
+        self.assertTrue(await self.store.claimSession(self.bob, "other", 10))
+
+    async def storedFor(self, userId: int) -> list[str]:
+        return [ChatEvent.fromJSON(p).text
+                for p in await self.store.drainOffline(userId)]
+
+    async def test_publishTaken(self) -> None:
+        """A publish that a server took is an online delivery; nothing stored."""
+        await self.setUpCluster()
+        self.bus.outcomes[self.bob] = 1
+        reply = await self.call(self.aliceSession, Chat(self.bob, "hi"))
+        self.assertEqual(reply, ChatSent(online=True))
+        [[(userId, event)]] = self.bus.published
+        self.assertEqual((userId, event.text, event.sender_name),
+                         (self.bob, "hi", "alice"))
+        self.assertEqual(await self.storedFor(self.bob), [])
+        self.assertEqual(self.bus.poked, [])
+
+    async def test_publishNobody(self) -> None:
+        """
+        A publish nobody took (the database was stale: that server died)
+        is stored, then poked.
+        """
+        await self.setUpCluster()
+        self.bus.outcomes[self.bob] = 0
+        reply = await self.call(self.aliceSession, Chat(self.bob, "hi"))
+        self.assertEqual(reply, ChatSent(online=False))
+        self.assertEqual(await self.storedFor(self.bob), ["hi"])
+        self.assertEqual(self.bus.poked, [{self.bob}])
+
+    async def test_publishFailed(self) -> None:
+        """
+        A publish whose outcome is unknown (Redis down, a timeout) is
+        stored too: a rare duplicate is acceptable, a loss is not.
+        """
+        await self.setUpCluster()
+        self.bus.outcomes[self.bob] = Failure(TimeoutError("redis"))
+        reply = await self.call(self.aliceSession, Chat(self.bob, "hi"))
+        self.assertEqual(reply, ChatSent(online=False))
+        self.assertEqual(await self.storedFor(self.bob), ["hi"])
+
+    async def test_offlineNotPublished(self) -> None:
+        """
+        A user the database knows to be offline is stored and poked
+        without a publish.
+        """
+        carol = await self.register("carol")
+        alice = await self.register("alice")
+        session, _ = await self.login(alice)
+        self.service.users = type(self.service.users)()  # forget carol
+        reply = await self.call(session, Chat(carol, "hi"))
+        self.assertEqual(reply, ChatSent(online=False))
+        self.assertEqual(self.bus.published, [])
+        self.assertEqual(self.bus.poked, [{carol}])
+        self.assertEqual(await self.storedFor(carol), ["hi"])
+
+    async def test_groupMixed(self) -> None:
+        """
+        A group message to members local, remote (taken), remote (stale)
+        and offline: one batch of publishes for the two remote ones, the
+        stale and offline copies stored in one go and poked, and the
+        counts say 2 online, 2 offline.
+        """
+        await self.setUpCluster()
+        carol = await self.register("carol")
+        dave = await self.register("dave")
+        erin = await self.register("erin")
+        carolSession, _ = await self.login(carol)
+        self.assertTrue(await self.store.claimSession(dave, "other", 10))
+        self.bus.outcomes.update({self.bob: 1, dave: 0})
+        created = await self.call(self.aliceSession, CreateGroup("mixed"))
+        group = created.group_id
+        for member in (self.bob, carol, dave, erin):
+            await self.pool.runOperation(
+                "INSERT INTO group_members (group_id, user_id, role)"
+                " VALUES (?, ?, 'normal')", (group, member))
+        reply = await self.call(self.aliceSession, GroupChat(group, "all"))
+        self.assertEqual(reply, GroupChatSent(online=2, offline=2))
+        self.assertEqual(carolSession.texts, ["all"])
+        self.assertEqual(len(self.bus.published), 1)
+        self.assertEqual(sorted(u for u, _ in self.bus.published[0]),
+                         sorted([self.bob, dave]))
+        self.assertEqual(self.bus.poked, [{dave, erin}])
+        self.assertEqual(await self.storedFor(dave), ["all"])
+        self.assertEqual(await self.storedFor(erin), ["all"])
+        self.assertEqual(await self.storedFor(self.bob), [])
 
 
 class ProtocolLoginRaceTests(ServiceTestCase):
