@@ -29,14 +29,26 @@ from chat.service import DEFAULT_LEASE_SECONDS, ChatService
 from chat.store import BadDatabaseURL, Store, openPool
 
 
-def _positiveInt(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError(f"{value} is not a positive number")
-    return number
+def _positive(option: str, kind: type = int) -> Any:
+    """
+    The coercion of option C{--option}: a positive C{kind}.  Its error
+    names the option, since twistd's message ("Parameter type enforcement
+    failed: ...") does not.
+    """
+    def coerce(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            number = 0
+        if not number > 0:
+            raise ValueError(f"--{option} must be a positive "
+                             f"{'integer' if kind is int else 'number'}, "
+                             f"not {value!r}")
+        return number
 
-
-_positiveInt.coerceDoc = "A positive integer."  # type: ignore[attr-defined]
+    coerce.coerceDoc = (  # type: ignore[attr-defined]
+        "A positive integer." if kind is int else "A positive number.")
+    return coerce
 
 
 class Options(usage.Options):
@@ -56,14 +68,15 @@ class Options(usage.Options):
         ["node-id", None, None,
          "This node's unique name in a cluster (default: host and port)."],
         ["max-line", None, 65536, "Longest client message, in bytes.",
-         _positiveInt],
+         _positive("max-line")],
         ["password-time", None, DEFAULT_TIME_COST,
-         "argon2id time cost (passes).", _positiveInt],
+         "argon2id time cost (passes).", _positive("password-time")],
         ["password-memory", None, DEFAULT_MEMORY_KIB,
-         "argon2id memory cost, in KiB (at least 8).", _positiveInt],
+         "argon2id memory cost, in KiB (at least 8).",
+         _positive("password-memory")],
         ["lease", None, DEFAULT_LEASE_SECONDS,
          "Seconds after which a silent node's sessions may be taken over.",
-         float],
+         _positive("lease", float)],
     ]
 
     def parseOptions(self, options: Any = None) -> None:
