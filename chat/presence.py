@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from chat.logs import logFailure
 from chat.service import ChatService
 
 RENEW_SECONDS = 1.0
@@ -60,8 +61,8 @@ class Presence(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         chat = self._chat
-        return chat.store.stopNode(chat.nodeId).addErrback(
-            self._log.failure, "clearing this node's sessions")
+        return chat.store.stopNode(chat.nodeId).addErrback(logFailure(
+            self._log, "clearing this node's sessions"))
 
     def renew(self) -> Deferred:
         """

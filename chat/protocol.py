@@ -22,6 +22,7 @@ from chat.dialect import IDialect, Rejected
 from chat.errors import ChatError, LineTooLong, Unavailable
 from chat.framing import MessageSplitter, MessageTooLong
 from chat.jsondialect import CLASSIC, JSON
+from chat.logs import logFailure
 from chat.messages import (
     Bye, ChatEvent, Help, HelpText, LoggedIn, Login, Quit, Reply, Request,
 )
@@ -177,8 +178,8 @@ class ChatProtocol(Protocol):
             result.addCallbacks(self._replied, self._failed,
                                 callbackArgs=(request,),
                                 errbackArgs=(request,))
-            result.addErrback(self._log.failure,
-                              "answering {request}", request=request)
+            result.addErrback(logFailure(
+                self._log, "answering {request}", request=request))
             result.addBoth(self._resume)
         else:
             self._replied(result, request)

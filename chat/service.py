@@ -24,6 +24,7 @@ from chat.errors import (
     AccountInUse, AlreadyLoggedIn, Forbidden, InvalidValue, NotFound,
     NotLoggedIn, WrongCredentials,
 )
+from chat.logs import logFailure
 from chat.messages import (
     ANONYMOUS_REQUESTS, AddFriend, AddGroup, Chat, ChatEvent, ChatSent,
     CreateGroup, FriendAdded, FriendList, Friends, GroupChat, GroupChatSent,
@@ -243,11 +244,10 @@ class ChatService:
         if userId is None or self.sessions.get(userId) is not session:
             return
         del self.sessions[userId]
-        self.bus.unsubscribe(userId).addErrback(
-            self._log.failure, "unsubscribing user {id}", id=userId)
-        self.store.releaseSession(userId, self.nodeId).addErrback(
-            self._log.failure, "releasing the session of user {id}",
-            id=userId)
+        self.bus.unsubscribe(userId).addErrback(logFailure(
+            self._log, "unsubscribing user {id}", id=userId))
+        self.store.releaseSession(userId, self.nodeId).addErrback(logFailure(
+            self._log, "releasing the session of user {id}", id=userId))
 
     # Chat ---------------------------------------------------------------
 
@@ -421,9 +421,9 @@ class ChatService:
             session.deliver(event)
             return
         # The user logged out while the message was in flight: store it.
-        self._storeAndPoke([(userId, event.toJSON())]).addErrback(
-            self._log.failure,
-            "storing a message for user {id}; it is lost", id=userId)
+        self._storeAndPoke([(userId, event.toJSON())]).addErrback(logFailure(
+            self._log, "storing a message for user {id}; it is lost",
+            id=userId))
 
     def storeUndelivered(self, userId: int,
                          events: Sequence[ChatEvent]) -> Deferred:
@@ -434,9 +434,10 @@ class ChatService:
         """
         return self._storeAndPoke(
             [(userId, event.toJSON()) for event in events]).addErrback(
-                self._log.failure,
-                "storing {count} undelivered messages for user {id}; "
-                "they are lost", count=len(events), id=userId)
+                logFailure(self._log,
+                           "storing {count} undelivered messages for user "
+                           "{id}; they are lost", count=len(events),
+                           id=userId))
 
     def pokeArrived(self, userId: int) -> None:
         if userId in self.sessions:
@@ -462,8 +463,8 @@ class ChatService:
             return None
 
         return self.store.drainOffline(userId).addCallback(push).addErrback(
-            self._log.failure, "draining offline messages of user {id}",
-            id=userId)
+            logFailure(self._log, "draining offline messages of user {id}",
+                       id=userId))
 
     # Presence ------------------------------------------------------------
 
