@@ -12,6 +12,7 @@ not retry the query that found the connection dead.
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any, Callable, Optional, Sequence
 from urllib.parse import unquote, urlsplit
 
@@ -105,6 +106,14 @@ def _mysqlDialect() -> SQLDialect:
 
 _RECONNECT_CODES = {2006, 2013, 2014, 2055}
 """MySQL client errors that mean the connection died under the query."""
+_RETRY_CODES = {1205, 1213}
+"""MySQL's lock wait timeout and deadlock: the transaction may be retried."""
+_PREPARE_ATTEMPTS = 5
+
+
+def _errorCode(error: Exception) -> object:
+    args = getattr(error, "args", ())
+    return args[0] if args else None
 
 
 def _connectionDied(failure: Failure) -> bool:
@@ -335,15 +344,25 @@ class Store:
             script = f.read()
         statements = [
             s.strip() for s in _stripComments(script).split(";") if s.strip()]
-        connection = self._pool.connect()
-        try:
-            cursor = connection.cursor()
-            for statement in statements:
-                cursor.execute(statement)
-            self._transaction(cursor, self._startNode, nodeId)
-            connection.commit()
-        finally:
-            self._pool.disconnect(connection)
+        for attempt in range(_PREPARE_ATTEMPTS):
+            connection = self._pool.connect()
+            try:
+                cursor = connection.cursor()
+                for statement in statements:
+                    cursor.execute(statement)
+                self._transaction(cursor, self._startNode, nodeId)
+                connection.commit()
+                return
+            except Exception as e:
+                # Nodes of a cluster starting together on a new database
+                # create the same tables at once; MySQL may pick one of
+                # them as a deadlock victim.  Try that one again.
+                if _errorCode(e) not in _RETRY_CODES or \
+                        attempt == _PREPARE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+            finally:
+                self._pool.disconnect(connection)
 
     # Accounts -----------------------------------------------------------
 
