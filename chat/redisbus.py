@@ -52,10 +52,23 @@ def channelOf(userId: int) -> bytes:
     return b"%s%d" % (CHANNEL_PREFIX, userId)
 
 
-class _Publisher(txredisapi.RedisProtocol):
-    """The publishing connection; tells the bus when it is usable."""
+class _LinkMixin:
+    """
+    Remembers when data last arrived, so that a command that is merely
+    slow (its reply queued behind a flood of messages) is not taken for a
+    dead link.
+    """
 
     bus: "RedisBus"
+    lastData = 0.0
+
+    def dataReceived(self, data: bytes, *args: Any) -> None:
+        self.lastData = self.bus._reactor.seconds()
+        super().dataReceived(data, *args)  # type: ignore[misc]
+
+
+class _Publisher(_LinkMixin, txredisapi.RedisProtocol):
+    """The publishing connection; tells the bus when it is usable."""
 
     def connectionMade(self) -> Deferred:
         d = super().connectionMade()
@@ -67,10 +80,8 @@ class _Publisher(txredisapi.RedisProtocol):
         super().connectionLost(why)
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _Subscriber(_LinkMixin, txredisapi.SubscriberProtocol):
     """The subscribed connection; hands each message to the bus."""
-
-    bus: "RedisBus"
 
     def connectionMade(self) -> Deferred:
         d = super().connectionMade()
@@ -153,13 +164,20 @@ class RedisBus(Service):
 
     def _timed(self, connection: Any, d: Deferred) -> Deferred:
         """
-        C{d} with a deadline; a command that misses it drops its
-        connection, whose replies could otherwise no longer be matched to
-        their commands.
+        C{d} with a deadline.  A command that misses it fails (a publish
+        is then stored: its outcome is unknown), and if nothing at all
+        arrived on its connection meanwhile the link is taken for dead and
+        dropped, to be rebuilt.  (txredisapi still matches the late reply
+        to its command, so a live but slow link can be kept.)
         """
+        sent = self._reactor.seconds()
+
         def timedOut(failure: Failure) -> Failure:
             if failure.check(txredisapi.ConnectionError) is None and \
-                    connection.transport is not None:
+                    connection.transport is not None and \
+                    connection.lastData < sent:
+                self._log.warn("Redis link silent for {s} s; reconnecting",
+                               s=COMMAND_TIMEOUT)
                 connection.transport.abortConnection()
             return failure
 
