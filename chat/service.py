@@ -15,6 +15,8 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
@@ -22,7 +24,7 @@ from zope.interface import Attribute, Interface, implementer
 from chat.bus import IBusReceiver, IMessageBus
 from chat.errors import (
     AccountInUse, AlreadyLoggedIn, Forbidden, InvalidValue, NotFound,
-    NotLoggedIn, WrongCredentials,
+    NotLoggedIn, Unavailable, WrongCredentials,
 )
 from chat.logs import logFailure
 from chat.messages import (
@@ -36,6 +38,9 @@ from chat.rules import MAX_ID
 from chat.store import Store
 
 DEFAULT_LEASE_SECONDS = 10.0
+STORE_ATTEMPTS = 60
+"""How many times, a second apart, an accepted message is offered to an
+unavailable database before it is given up (and logged as lost)."""
 
 
 class ISession(Interface):
@@ -119,7 +124,11 @@ class ChatService:
 
     def __init__(self, store: Store, bus: IMessageBus, passwords: Passwords,
                  nodeId: str, leaseSeconds: float = DEFAULT_LEASE_SECONDS,
-                 clock: Callable[[], str] = serverTime) -> None:
+                 clock: Callable[[], str] = serverTime,
+                 scheduler: Optional[IReactorTime] = None) -> None:
+        if scheduler is None:
+            from twisted.internet import reactor as scheduler
+        self._scheduler = scheduler
         self.store = store
         self.bus = bus
         self.passwords = passwords
@@ -229,25 +238,28 @@ class ChatService:
             self._log.warn("subscribing user {id} failed: {error}",
                            id=userId, error=e)
 
-    def _logout(self, session: Any, request: Logout) -> LoggedOut:
-        self.sessionEnded(session)
-        return LoggedOut()
+    def _logout(self, session: Any, request: Logout) -> Deferred:
+        # Answered once the database has let the session go (or failed
+        # to, which is logged: the lease ends it then), so that after the
+        # reply the user shows offline and may log in on another server.
+        return self.sessionEnded(session).addCallback(lambda _: LoggedOut())
 
-    def sessionEnded(self, session: Any) -> None:
+    def sessionEnded(self, session: Any) -> Deferred:
         """
         C{session} logged out or its connection closed: forget it here,
         then everywhere.  Messages that arrive for the user from now on
-        are stored.
+        are stored.  Fires when the database no longer holds the session.
         """
         userId = session.userId
         session.userId = session.userName = None
         if userId is None or self.sessions.get(userId) is not session:
-            return
+            return succeed(None)
         del self.sessions[userId]
         self.bus.unsubscribe(userId).addErrback(logFailure(
             self._log, "unsubscribing user {id}", id=userId))
-        self.store.releaseSession(userId, self.nodeId).addErrback(logFailure(
-            self._log, "releasing the session of user {id}", id=userId))
+        return self.store.releaseSession(userId, self.nodeId).addErrback(
+            logFailure(self._log, "releasing the session of user {id}",
+                       id=userId))
 
     # Chat ---------------------------------------------------------------
 
@@ -421,9 +433,7 @@ class ChatService:
             session.deliver(event)
             return
         # The user logged out while the message was in flight: store it.
-        self._storeAndPoke([(userId, event.toJSON())]).addErrback(logFailure(
-            self._log, "storing a message for user {id}; it is lost",
-            id=userId))
+        self._storeEventually([(userId, event.toJSON())])
 
     def storeUndelivered(self, userId: int,
                          events: Sequence[ChatEvent]) -> Deferred:
@@ -432,12 +442,30 @@ class ChatService:
         connection closed before its login reply went out): store them
         again, in order, for the user's next login.
         """
-        return self._storeAndPoke(
-            [(userId, event.toJSON()) for event in events]).addErrback(
-                logFailure(self._log,
-                           "storing {count} undelivered messages for user "
-                           "{id}; they are lost", count=len(events),
-                           id=userId))
+        return self._storeEventually(
+            [(userId, event.toJSON()) for event in events])
+
+    def _storeEventually(self, messages: list[tuple[int, bytes]],
+                         attempt: int = 1) -> Deferred:
+        """
+        Store and poke messages that this server has already accepted and
+        that nobody else holds (they came off the bus, or out of a drain):
+        while the database is unavailable, retry every second for a while
+        rather than lose them at once.
+        """
+        def retry(failure: Failure) -> Any:
+            if failure.check(Unavailable) and attempt < STORE_ATTEMPTS:
+                return deferLater(self._scheduler, 1.0, self._storeEventually,
+                                  messages, attempt + 1)
+            return failure
+
+        d = self._storeAndPoke(messages).addErrback(retry)
+        if attempt == 1:
+            d.addErrback(logFailure(
+                self._log, "storing {count} messages for user(s) {ids}; "
+                "they are lost", count=len(messages),
+                ids=sorted({u for u, _ in messages})))
+        return d
 
     def pokeArrived(self, userId: int) -> None:
         if userId in self.sessions:
@@ -456,7 +484,8 @@ class ChatService:
             if session is None:
                 if payloads:
                     # Logged out during the drain: put them back.
-                    return self._storeAndPoke([(userId, p) for p in payloads])
+                    return self._storeEventually(
+                        [(userId, p) for p in payloads])
                 return None
             for payload in payloads:
                 session.deliver(ChatEvent.fromJSON(payload))
