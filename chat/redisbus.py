@@ -40,6 +40,7 @@ from zope.interface import implementer
 
 from chat.bus import IBusReceiver, IMessageBus, PublishOutcome
 from chat.messages import ChatEvent
+from chat.resp import RESPReader
 
 COMMAND_TIMEOUT = 2.0
 PING_SECONDS = 2.0
@@ -54,17 +55,28 @@ def channelOf(userId: int) -> bytes:
 
 class _LinkMixin:
     """
-    Remembers when data last arrived, so that a command that is merely
-    slow (its reply queued behind a flood of messages) is not taken for a
-    dead link.
+    What both bus connections add to txredisapi's protocols: replies are
+    parsed by L{RESPReader} (a whole read at once), and the time data last
+    arrived is kept, so that a command that is merely slow (its reply
+    queued behind a flood of messages) is not taken for a dead link.
     """
 
     bus: "RedisBus"
     lastData = 0.0
+    _reader: Optional[RESPReader] = None
 
     def dataReceived(self, data: bytes, *args: Any) -> None:
         self.lastData = self.bus._reactor.seconds()
-        super().dataReceived(data, *args)  # type: ignore[misc]
+        if self._reader is None:
+            self._reader = RESPReader()
+        try:
+            replies = self._reader.feed(data)
+        except (txredisapi.InvalidResponse, ValueError) as e:
+            self.bus._log.error("garbled reply from Redis: {error}", error=e)
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        for reply in replies:
+            self.replyReceived(reply)  # type: ignore[attr-defined]
 
 
 class _Publisher(_LinkMixin, txredisapi.RedisProtocol):
@@ -285,18 +297,28 @@ class RedisBus(Service):
     def _publishAll(self, messages: list[tuple[bytes, bytes]]) -> Deferred:
         """
         Write every PUBLISH at once (pipelined) and fire with each count
-        or failure, in order.
+        or failure, in order.  One deadline covers the batch: past it,
+        every outcome not yet known is a failure (the caller stores).
         """
         connection = self._publisher
         if connection is None:
             unreachable = Failure(
                 txredisapi.ConnectionError("Redis is unreachable"))
             return succeed([unreachable] * len(messages))
-        d = DeferredList([
-            self._command(connection, "publish", channel, payload)
-            for channel, payload in messages], consumeErrors=True)
-        return d.addCallback(lambda results: [
-            value if ok and isinstance(value, int) else (
+        replies = []
+        for channel, payload in messages:
+            try:
+                replies.append(connection.publish(channel, payload))
+            except txredisapi.ConnectionError as e:
+                replies.append(fail(e))
+        batch = DeferredList(replies, consumeErrors=True)
+
+        def outcomes(results: Any) -> list[PublishOutcome]:
+            if isinstance(results, Failure):
+                return [results] * len(messages)
+            return [value if ok and isinstance(value, int) else (
                 value if isinstance(value, Failure) else Failure(
                     txredisapi.ResponseError(repr(value))))
-            for ok, value in results])
+                for ok, value in results]
+
+        return self._timed(connection, batch).addBoth(outcomes)
