@@ -68,6 +68,12 @@ class IMessageBus(Interface):
         never fails as a whole.
         """
 
+    def publishOne(userId: int, event: ChatEvent) -> Deferred:
+        """
+        L{publish} for one target, the one-to-one chat's hot path: fires
+        with the count, or fails.
+        """
+
     def poke(userIds: Iterable[int]) -> Deferred:
         """
         Tell whoever holds these users to drain their offline messages.
@@ -110,6 +116,9 @@ class LocalBus:
             else:
                 outcomes.append(0)
         return succeed(outcomes)
+
+    def publishOne(self, userId: int, event: ChatEvent) -> Deferred:
+        return self.publish([(userId, event)]).addCallback(lambda o: o[0])
 
     def poke(self, userIds: Iterable[int]) -> Deferred:
         if self._receiver is not None:

@@ -16,12 +16,16 @@ while Redis is down, so this module:
    SUBSCRIBE per channel so each reply is matched to its request, and only
    then tells the service, which drains the offline messages stored while
    the bus was down;
- - fails a publish at once while the publisher is disconnected, and after
-   L{COMMAND_TIMEOUT} otherwise (the service then stores the message; a
-   rare duplicate beats a loss);
- - pings both connections every L{PING_SECONDS}, and drops a connection
-   whose command timed out, so that a dead link is found and rebuilt
-   rather than trusted.
+ - fails a publish at once while the publisher is disconnected (the
+   service then stores the message);
+ - watches both links: a connection with commands outstanding on which
+   nothing has arrived for L{COMMAND_TIMEOUT} is dropped, which fails
+   those commands (a publish whose outcome is thus unknown is stored: a
+   rare duplicate beats a loss), and an idle link is pinged every
+   L{PING_SECONDS} so that a dead one is found before it is needed.
+   A link that is merely slow (replies queued behind a flood of messages)
+   keeps delivering data, and is kept.  One watchdog serves every
+   command, rather than a timer per command.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from chat.resp import RESPReader
 
 COMMAND_TIMEOUT = 2.0
 PING_SECONDS = 2.0
+WATCH_SECONDS = 0.5
 RECONNECT_MAX_DELAY = 1.0
 CHANNEL_PREFIX = b"chat:user:"
 POKE = b"poke"
@@ -56,17 +61,28 @@ def channelOf(userId: int) -> bytes:
 class _LinkMixin:
     """
     What both bus connections add to txredisapi's protocols: replies are
-    parsed by L{RESPReader} (a whole read at once), and the time data last
-    arrived is kept, so that a command that is merely slow (its reply
-    queued behind a flood of messages) is not taken for a dead link.
+    parsed by L{RESPReader} (a whole read at once), and the link's last
+    sign of progress is kept for the watchdog: data arriving, or a
+    command sent when none was outstanding.
     """
 
     bus: "RedisBus"
-    lastData = 0.0
+    lastProgress = 0.0
     _reader: Optional[RESPReader] = None
 
+    def execute_command(self, *args: Any, **kwargs: Any) -> Deferred:
+        if not self.replyQueue.waiting:  # type: ignore[attr-defined]
+            self.lastProgress = self.bus._reactor.seconds()
+        return super().execute_command(  # type: ignore[misc]
+            *args, **kwargs)
+
+    def isStalled(self, now: float) -> bool:
+        """Commands are outstanding and nothing has come for too long."""
+        return bool(self.replyQueue.waiting) and (  # type: ignore
+            now - self.lastProgress > COMMAND_TIMEOUT)
+
     def dataReceived(self, data: bytes, *args: Any) -> None:
-        self.lastData = self.bus._reactor.seconds()
+        self.lastProgress = self.bus._reactor.seconds()
         if self._reader is None:
             self._reader = RESPReader()
         try:
@@ -134,7 +150,7 @@ class RedisBus(Service):
         self._publisher: Optional[_Publisher] = None
         self._subscriber: Optional[_Subscriber] = None
         self._factories: list[txredisapi.RedisFactory] = []
-        self._pinger: Optional[LoopingCall] = None
+        self._watchdog: Optional[LoopingCall] = None
         self._everConnected = False
         self._unpoked: set[int] = set()
 
@@ -160,48 +176,47 @@ class RedisBus(Service):
             factory = _factory(protocol, self._dbid, self)
             factory.startConnecting(endpoint)
             self._factories.append(factory)
-        self._pinger = LoopingCall(self._ping)
-        self._pinger.clock = self._reactor
-        self._pinger.start(PING_SECONDS, now=False)
+        self._watchdog = LoopingCall(self._watch)
+        self._watchdog.clock = self._reactor
+        self._watchdog.start(WATCH_SECONDS, now=False)
 
     def stopService(self) -> Deferred:
         super().stopService()
-        if self._pinger is not None and self._pinger.running:
-            self._pinger.stop()
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
         factories, self._factories = self._factories, []
         return DeferredList([f.disconnect() for f in factories],
                             consumeErrors=True)
 
     # Connections --------------------------------------------------------
 
-    def _timed(self, connection: Any, d: Deferred) -> Deferred:
+    def _command(self, connection: Any, method: str, *args: Any) -> Deferred:
         """
-        C{d} with a deadline.  A command that misses it fails (a publish
-        is then stored: its outcome is unknown), and if nothing at all
-        arrived on its connection meanwhile the link is taken for dead and
-        dropped, to be rebuilt.  (txredisapi still matches the late reply
-        to its command, so a live but slow link can be kept.)
+        Send a command; its Deferred fails if the link is lost first (the
+        watchdog drops a stalled link, so it never waits forever).
         """
-        sent = self._reactor.seconds()
+        try:
+            return getattr(connection, method)(*args)
+        except txredisapi.ConnectionError as e:
+            return fail(e)
 
-        def timedOut(failure: Failure) -> Failure:
-            if failure.check(txredisapi.ConnectionError) is None and \
-                    connection.transport is not None and \
-                    connection.lastData < sent:
+    def _watch(self) -> None:
+        """
+        Drop stalled links (their outstanding commands fail and they are
+        rebuilt), and ping idle ones.
+        """
+        now = self._reactor.seconds()
+        for connection in (self._publisher, self._subscriber):
+            if connection is None or connection.transport is None:
+                continue
+            if connection.isStalled(now):
                 self._log.warn("Redis link silent for {s} s; reconnecting",
                                s=COMMAND_TIMEOUT)
                 connection.transport.abortConnection()
-            return failure
-
-        return d.addTimeout(COMMAND_TIMEOUT, self._reactor).addErrback(
-            timedOut)
-
-    def _command(self, connection: Any, method: str, *args: Any) -> Deferred:
-        try:
-            d = getattr(connection, method)(*args)
-        except txredisapi.ConnectionError as e:
-            return fail(e)
-        return self._timed(connection, d)
+            elif not connection.replyQueue.waiting and \
+                    now - connection.lastProgress > PING_SECONDS:
+                self._command(connection, "ping").addErrback(
+                    lambda f: None)  # a lost link is reported by itself
 
     def _publisherReady(self, connection: _Publisher) -> None:
         self._log.info("Redis publisher connected to {host}:{port}",
@@ -238,13 +253,6 @@ class RedisBus(Service):
         elif connection is self._subscriber:
             self._subscriber = None
             self._log.warn("Redis subscriber connection lost")
-
-    def _ping(self) -> None:
-        for connection in (self._publisher, self._subscriber):
-            if connection is not None:
-                self._command(connection, "ping").addErrback(
-                    lambda f: self._log.warn("Redis ping failed: {error}",
-                                             error=f.value))
 
     # Subscriptions ------------------------------------------------------
 
@@ -305,13 +313,9 @@ class RedisBus(Service):
             unreachable = Failure(
                 txredisapi.ConnectionError("Redis is unreachable"))
             return succeed([unreachable] * len(messages))
-        replies = []
-        for channel, payload in messages:
-            try:
-                replies.append(connection.publish(channel, payload))
-            except txredisapi.ConnectionError as e:
-                replies.append(fail(e))
-        batch = DeferredList(replies, consumeErrors=True)
+        batch = DeferredList([
+            self._command(connection, "publish", channel, payload)
+            for channel, payload in messages], consumeErrors=True)
 
         def outcomes(results: Any) -> list[PublishOutcome]:
             if isinstance(results, Failure):
@@ -321,4 +325,11 @@ class RedisBus(Service):
                     txredisapi.ResponseError(repr(value))))
                 for ok, value in results]
 
-        return self._timed(connection, batch).addBoth(outcomes)
+        return batch.addBoth(outcomes)
+
+    def publishOne(self, userId: int, event: ChatEvent) -> Deferred:
+        connection = self._publisher
+        if connection is None:
+            return fail(txredisapi.ConnectionError("Redis is unreachable"))
+        return self._command(connection, "publish", channelOf(userId),
+                             event.toJSON())

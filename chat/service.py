@@ -306,7 +306,7 @@ class ChatService:
             if local is not None:
                 local.deliver(event)
                 return _DELIVERED
-            return ensureDeferred(self._chatTo(userId, None, event))
+            return self._publishOne(userId, event)
 
         async def chat() -> ChatSent:
             userId, _, online = await self._recipient(session.userId, to)
@@ -315,6 +315,19 @@ class ChatService:
             return await self._chatTo(userId, online, event)
 
         return ensureDeferred(chat())
+
+    def _publishOne(self, userId: int, event: ChatEvent) -> Deferred:
+        """
+        L{route} for one recipient not on this node, without coroutines:
+        published, and stored and poked when no server took it.
+        """
+        def published(count: Any) -> Any:
+            if isinstance(count, int) and count > 0:
+                return _DELIVERED
+            return self._storeAndPoke([(userId, event.toJSON())]).addCallback(
+                lambda _: _STORED)
+
+        return self.bus.publishOne(userId, event).addBoth(published)
 
     async def _chatTo(self, userId: int, online: Optional[bool],
                       event: ChatEvent) -> ChatSent:
