@@ -24,7 +24,7 @@ UserRef = Union[int, str]
 @attrs.frozen
 class Login:
     user: UserRef
-    password: str
+    password: str = attrs.field(repr=False)  # never in a log line
 
 
 @attrs.frozen
@@ -35,7 +35,7 @@ class Logout:
 @attrs.frozen
 class Register:
     name: str
-    password: str
+    password: str = attrs.field(repr=False)  # never in a log line
 
 
 @attrs.frozen
