@@ -8,6 +8,8 @@ reactor, so each hash and check runs in the reactor's thread pool.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from twisted.internet.defer import Deferred
@@ -27,13 +29,21 @@ class Passwords:
                  memoryKiB: int = DEFAULT_MEMORY_KIB) -> None:
         self._hasher = PasswordHasher(
             time_cost=timeCost, memory_cost=memoryKiB, parallelism=1)
+        self._unknown = self._hasher.hash("no account has this password")
 
     def hash(self, password: str) -> Deferred:
         """Fires with the encoded hash (salt and parameters included)."""
         return deferToThread(self._hasher.hash, password)
 
-    def verify(self, encoded: str, password: str) -> Deferred:
-        """Fires with whether C{password} matches C{encoded}."""
+    def verify(self, encoded: Optional[str], password: str) -> Deferred:
+        """
+        Fires with whether C{password} matches C{encoded}.  With no
+        C{encoded} (no such account) it checks against a stand-in hash and
+        fires with C{False}, taking as long as a real check.
+        """
+        if encoded is None:
+            return deferToThread(self._check, self._unknown, password
+                                 ).addCallback(lambda _: False)
         return deferToThread(self._check, encoded, password)
 
     def _check(self, encoded: str, password: str) -> bool:

@@ -38,6 +38,9 @@ from chat.rules import MAX_ID
 from chat.store import Store
 
 DEFAULT_LEASE_SECONDS = 10.0
+NO_TAKEOVER_LEASE = 1e12
+"""A lease that no node outlives: a claim made with it takes over only this
+node's own session rows and those of nodes that have no lease at all."""
 STORE_ATTEMPTS = 60
 """How many times, a second apart, an accepted message is offered to an
 unavailable database before it is given up (and logged as lost)."""
@@ -134,6 +137,9 @@ class ChatService:
         self.passwords = passwords
         self.nodeId = nodeId
         self.leaseSeconds = leaseSeconds
+        self.leasesTrusted = True
+        """Whether an expired lease proves its node dead; see
+        L{chat.presence.Presence}, which clears it after a database outage."""
         self.sessions: dict[int, Any] = {}
         self.users = KnownUsers()
         self._claiming: set[int] = set()
@@ -190,15 +196,20 @@ class ChatService:
 
     async def _loginAsync(self, session: Any, request: Login) -> LoggedIn:
         user = await self._findUser(request.user)
-        if user is None or not await self.passwords.verify(
-                user.passwordHash, request.password):
+        # An unknown account costs a hash check too, so that the answer's
+        # timing does not tell which accounts exist.
+        matches = await self.passwords.verify(
+            user.passwordHash if user is not None else None,
+            request.password)
+        if user is None or not matches:
             raise WrongCredentials("wrong id or password")
         if user.id in self.sessions or user.id in self._claiming:
             raise AccountInUse("this account is logged in elsewhere")
         self._claiming.add(user.id)
         try:
             claimed = await self.store.claimSession(
-                user.id, self.nodeId, self.leaseSeconds)
+                user.id, self.nodeId, self.leaseSeconds
+                if self.leasesTrusted else NO_TAKEOVER_LEASE)
         finally:
             self._claiming.discard(user.id)
         if not claimed:
