@@ -740,7 +740,8 @@ class SingleNodeTests:
                      "groupchat x hello", "ping now", "chat:", "chat:bob"]:
             self.assertTextError(client.command(line), 100)
         self.assertEqual(client.command("PING"), "PONG")
-        self.assertEqual(client.command("help").split()[0], "OK")
+        client.sendLine("help")
+        self.assertTrue(client.readList()[1])
         self.assertIn("unknown command", self.node.log())
         self.assertServing()
 
@@ -957,6 +958,109 @@ class SingleNodeTests:
                              6, 100)
         self.assertServing()
 
+    def test_limits(self) -> None:
+        """The lengths and characters of PROTOCOL.md 3.3, at and past each limit."""
+        alice, aliceId = self.textUser("alice")
+        bob, bobId = self.jsonUser("bob")
+        self.assertEqual(alice.command("chat bob " + "字" * 4000), "OK delivered")
+        self.assertEqual(bob.readJSON()["msg"], "字" * 4000)
+        self.assertTextError(alice.command("chat bob " + "x" * 4001), 100)
+        self.assertJSONError(bob.request({"msgid": 6, "toid": aliceId, "msg": "x" * 4001}), 6, 100)
+        for control in ["\x1b[31m", "\x7f", "\x85", "\x00"]:
+            self.assertJSONError(bob.request({"msgid": 6, "toid": aliceId, "msg": f"a{control}b"}),
+                                 6, 100)
+        alice.send(b"chat bob a\x1bb\r\n")
+        self.assertTextError(alice.readText(), 100)
+        self.assertRegex(alice.command("creategroup " + "g" * 50 + " " + "d" * 200), "^OK group")
+        self.assertTextError(alice.command("creategroup " + "h" * 51), 100)
+        self.assertTextError(alice.command("creategroup h " + "d" * 201), 100)
+        self.assertJSONError(bob.request({"msgid": 8, "groupname": "a:b"}), 8, 100)
+        self.assertRegex(alice.command("register " + "n" * 32 + " " + "p" * 128), "^OK registered")
+        self.assertTextError(alice.command("register " + "m" * 33 + " pw"), 100)
+        self.assertTextError(alice.command("register carol " + "p" * 129), 100)
+        self.assertEqual(bob.request({"msgid": 4, "name": "carol", "password": "p" * 129})["errno"], 1)
+        self.assertEqual(bob.request({"msgid": 4, "name": "c\u0301", "password": "pw"})["errno"], 1)
+        # Neither side lost its session over it.
+        self.assertEqual(alice.command("chat bob still here"), "OK delivered")
+        self.assertEqual(bob.readJSON()["msg"], "still here")
+
+    def test_colonFormAndHelp(self) -> None:
+        """The classic client's menu commands, and help's list reply."""
+        alice, aliceId = self.textUser("alice")
+        bob, bobId = self.textUser("bob")
+        self.assertEqual(alice.command(f"addfriend:{bobId}"), f"OK friend added: id {bobId}, name bob")
+        groupId = idIn(alice.command("creategroup:tea:a: b:c"))
+        self.assertEqual(bob.command(f"addgroup:{groupId}"), f"OK joined group {groupId}")
+        bob.sendLine("groups")
+        self.assertEqual(bob.readList()[1][0], f"  {groupId} tea: a: b:c")
+        self.assertEqual(alice.command(f"groupchat:{groupId}:x: y"), "OK sent: 1 online, 0 offline")
+        self.assertGROUPMSG(bob.readText(), groupId, aliceId, "alice", "x: y")
+        self.assertEqual(bob.command(f"CHAT:{aliceId}:hi"), "OK delivered")
+        self.assertMSG(alice.readText(), bobId, "bob", "hi")
+        self.assertEqual(bob.command("loginout"), "OK logged out")
+        bob.sendLine("help")
+        header, lines = bob.readList()
+        self.assertGreater(len(lines), 10)
+        for line in lines:
+            self.assertTrue(line.startswith("  "), line)
+        self.assertIn("chat", "\n".join(lines))
+        self.assertEqual(bob.command("ping"), "PONG")
+
+    def test_classicModeIsChosenByTheFirstMessage(self) -> None:
+        """A connection is classic when its first request ends in NUL, for good."""
+        aliceId = self.register("alice")
+        bobId = self.register("bob")
+        plain = self.client()
+        self.assertEqual(plain.request({"msgid": 1, "id": aliceId, "password": "pw"})["errno"], 0)
+        plain.sendJSON({"msgid": 6, "toid": bobId, "msg": "1"}, classic=True)
+        self.assertEqual(plain.readJSON(), {"msgid": 11, "req": 6, "errno": 0,
+                                            "delivery": "offline"})
+        classic = self.client()
+        self.assertEqual(classic.request({"msgid": 1, "id": bobId, "password": "pw"},
+                                         classic=True)["errno"], 0)
+        classic.sendJSON({"msgid": 6, "toid": aliceId, "msg": "2"})
+        classic.expectNothing(0.3)
+        self.assertChatEvent(plain.readJSON(), bobId, "bob", "2", toId=aliceId)
+        # A REG_MSG on a logged-in connection only creates the account.
+        self.assertEqual(set(classic.request({"msgid": 4, "name": "carol", "password": "pw"},
+                                             classic=True)), {"msgid", "errno", "id"})
+        classic.sendJSON({"msgid": 14}, classic=True)
+        self.assertEqual(classic.readJSON(), {"msgid": 15, "friends": []})
+
+    def test_concurrentLoginsOneWins(self) -> None:
+        """Logins to one account racing on two connections: exactly one succeeds."""
+        bobId = self.register("bob")
+        for k in range(10):
+            first, second = self.client(), self.client()
+            first.send(b"login bob pw\r\n")
+            second.send(b'{"msgid":1,"id":%d,"password":"pw"}\n' % bobId)
+            textReply, jsonReply = first.readText(), second.readJSON()
+            outcomes = (textReply.startswith("OK logged in"), jsonReply["errno"] == 0)
+            self.assertEqual(sum(outcomes), 1, (textReply, jsonReply))
+            if outcomes[0]:
+                self.assertEqual(jsonReply, {"msgid": 2, "errno": 2, "errmsg": ACCOUNT_IN_USE})
+                self.assertEqual(first.command("logout"), "OK logged out")
+            else:
+                self.assertTextError(textReply, 105)
+                self.assertEqual(second.request({"msgid": 3})["errno"], 0)
+            first.close()
+            second.close()
+
+    def test_shutdownNotice(self) -> None:
+        """A stopping node tells every client in its dialect, then closes."""
+        text, _ = self.textUser("alice")
+        jsonClient, _ = self.jsonUser("bob")
+        anonymous = self.client()
+        self.assertEqual(anonymous.command("ping"), "PONG")
+        self.node.stop()
+        self.assertRegex(text.readUntilClosed(), rb"\ANOTICE [^\r\n]+\r\n\Z")
+        self.assertRegex(anonymous.readUntilClosed(), rb"\ANOTICE [^\r\n]+\r\n\Z")
+        line = jsonClient.readUntilClosed()
+        self.assertTrue(line.endswith(b"\n") and line.count(b"\n") == 1, line)
+        notice = json.loads(line)
+        self.assertEqual(set(notice), {"msgid", "msg"})
+        self.assertEqual(notice["msgid"], 18)
+
     # UTF-8 --------------------------------------------------------------
 
     def test_unicode(self) -> None:
@@ -1012,6 +1116,14 @@ class SingleNodeTests:
         # Names are compared exactly: a differently cased or composed name is someone else.
         self.assertNotIn(self.register("ünïcode"), (emojiId, zhangId))
         self.assertTextError(self.client().command("register Ünïcode pw"), 105)
+        # Case counts (MariaDB's default collations would make these equal).
+        aliceId, upperId = self.register("alice"), self.register("Alice")
+        self.assertNotEqual(aliceId, upperId)
+        self.assertEqual(self.client().command("login Alice pw"),
+                         f"OK logged in: id {upperId}, name Alice, 0 offline messages")
+        for name in ["🎂派对", "🎉派對", "tea", "Tea", "TEA"]:
+            ack = emoji.request({"msgid": 8, "groupname": name})
+            self.assertEqual((ack["msgid"], ack["errno"]), (11, 0), (name, ack))
 
 
 class SQLiteTests(SingleNodeTests, unittest.SynchronousTestCase):
