@@ -8,7 +8,12 @@ L{chat.store.Store.claimSession}).  The lease lives in the database rather
 than in Redis because Redis here keeps nothing on disk: after a Redis
 restart every lease would vanish at once and logins would take over the
 sessions of live nodes.  And while the database is unreachable, no login
-can take anything over, which is the rule DESIGN.md section 4 asks for.
+can take anything over, which is the rule DESIGN.md section 4 asks for;
+nor for a lease period after this node last failed to renew its own lease:
+the database was unreachable (for this node at least, most likely for
+all), and until every live node has renewed since, their leases look
+expired too.  Logins are then refused (errno 2) rather than handed a live
+node's session, and no purge runs.
 
 On each renewal the node also learns which sessions the database says are
 its own, and closes any local one that another node took over while this
@@ -49,6 +54,7 @@ class Presence(Service):
         self._loop: Optional[LoopingCall] = None
         self._renewals = 0
         self._failing = False
+        self._lastFailure: Optional[float] = None
 
     def startService(self) -> None:
         super().startService()
@@ -73,7 +79,7 @@ class Presence(Service):
         chat = self._chat
         self._renewals += 1
         purge = (chat.leaseSeconds if self._renewals % PURGE_EVERY == 0
-                 else None)
+                 and chat.leasesTrusted else None)
         before = dict(chat.sessions)
         d = chat.store.renewLease(chat.nodeId, purge)
 
@@ -81,9 +87,14 @@ class Presence(Service):
             if self._failing:
                 self._log.info("lease renewed again")
                 self._failing = False
+            chat.leasesTrusted = self._lastFailure is None or (
+                self._reactor.seconds() - self._lastFailure
+                >= chat.leaseSeconds)
             chat.checkOwnership(before, owned)
 
         def failed(failure: object) -> None:
+            self._lastFailure = self._reactor.seconds()
+            chat.leasesTrusted = False
             if not self._failing:
                 self._log.warn("cannot renew this node's lease: {error}",
                                error=getattr(failure, "value", failure))
