@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -420,6 +421,38 @@ class DatabaseRestartTests(ClusterMixin, unittest.SynchronousTestCase):
                            "state": "online"}])
         for client in (alice, bob, carol, newcomer):
             client.expectNothing(0.3)
+
+    def test_outageLongerThanLease(self) -> None:
+        """
+        After an outage longer than the lease, every lease in the database
+        looks expired until its node renews it: live nodes must not be
+        taken for dead then.  A login racing the database's return is
+        refused (105), not handed the session of a live node, and no purge
+        ends the sessions of the other node.
+        """
+        (alice, aliceId), (bob, bobId) = self.spreadOver(
+            2, ["text", "text"], ["alice", "bob"])
+        other = self.nodes[self.nodeOf(alice, "alice", aliceId)].client()
+        self.db.stop()
+        time.sleep(LEASE_SECONDS + 1)
+        starter = threading.Thread(target=self.db.start)
+        starter.start()
+        self.addCleanup(starter.join, 60)
+        deadline = time.monotonic() + 60
+        while (reply := other.command(f"login bob {PASSWORD}")
+               ).startswith("ERR 107 ") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        starter.join(60)
+        self.assertRegex(reply, r"^ERR 105 ",
+                         "a live node's session was taken over")
+        # A purge period later, both still hold their sessions.
+        alice.expectNothing(5)
+        for client in (bob, other):
+            client.expectNothing(0.1)
+        self.assertEqual(alice.command("chat bob still here"), "OK delivered")
+        self.assertEqual(textEventTexts([bob.readText()]), ["still here"])
+        self.assertEqual(sorted(self.db.query(
+            "SELECT user_id FROM sessions")), [(aliceId,), (bobId,)])
 
 
 class NodeStoppedTests(ClusterMixin, unittest.SynchronousTestCase):
