@@ -109,6 +109,9 @@ _RECONNECT_CODES = {2006, 2013, 2014, 2055}
 _RETRY_CODES = {1205, 1213}
 """MySQL's lock wait timeout and deadlock: the transaction may be retried."""
 _PREPARE_ATTEMPTS = 5
+_DEADLOCK = 1213
+_LOCK_RETRIES = 3
+"""How many times a transaction that lost a deadlock is run again."""
 
 
 def _errorCode(error: Exception) -> object:
@@ -272,8 +275,29 @@ class Store:
             return failure
 
         d.addErrback(retry)
+        for _ in range(_LOCK_RETRIES):
+            d.addErrback(self._retryDeadlock, interaction, args)
         d.addErrback(self._unavailable)
         return d
+
+    def _retryDeadlock(self, failure: Failure,
+                       interaction: Callable[..., Any],
+                       args: tuple[Any, ...]) -> Any:
+        """
+        Run the transaction again when MySQL chose it as a deadlock victim:
+        it was rolled back whole (adbapi rolls back on any error), and
+        InnoDB expects the client to retry.  Deadlocks are ordinary under
+        load (a drain's locking read against a concurrent store for the
+        same user), not an unavailable database.  (A lock wait timeout,
+        after 50 s, is not retried: that database is in trouble.)
+        """
+        if failure.check(*self._dialect.databaseErrors) and \
+                _errorCode(failure.value) == _DEADLOCK:
+            _log.info("retrying a transaction after: {error}",
+                      error=failure.value)
+            return self._pool.runInteraction(
+                self._transaction, interaction, *args)
+        return failure
 
     def _transaction(self, cursor: Any, interaction: Callable[..., Any],
                      *args: Any) -> Any:
