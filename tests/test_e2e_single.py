@@ -404,6 +404,24 @@ class SingleNodeTests:
         body = b'{"msgid":12}'
         jsonClient.send(body + b" " * (65536 - len(body)) + b"\n")
         self.assertEqual(jsonClient.readRawLine(), b'{"msgid":13}\n')
+        # The CR of a CRLF split from its LF is still part of the terminator.
+        split = self.client()
+        split.send(b"ping" + b" " * (65536 - 4) + b"\r")
+        split.expectNothing(0.2)
+        split.send(b"\n")
+        self.assertEqual(split.readRawLine(), b"PONG\r\n")
+
+    def test_pipelinedBurst(self) -> None:
+        """Thousands of requests in one go are all answered, in order."""
+        client = self.client()
+        client.send(b"register a pw\nlogin a pw\n" + b"ping\nfriends\n" * 1500 + b"groups\n")
+        self.assertRegex(client.readText(), "^OK registered")
+        self.assertRegex(client.readText(), "^OK logged in")
+        for _ in range(1500):
+            self.assertEqual(client.readText(), "PONG")
+            self.assertEqual(client.readText(), "OK 0 friends")
+        self.assertRegex(client.readText(), "^OK 0 ")
+        client.expectNothing(0.2)
 
     def test_overlongLine(self) -> None:
         """More than C{--max-line} bytes: 101 in the dialect, then the connection closes."""
@@ -642,7 +660,9 @@ class SingleNodeTests:
     def test_chatRacingLoginDeliveredOnce(self) -> None:
         """
         A chat sent while its recipient logs in arrives exactly once, in
-        the offline part of the login reply or live after it.
+        the offline part of the login reply or live after it; one sent
+        while the recipient logs out arrives exactly once, live before the
+        logout reply or at the next login.
         """
         alice, aliceId = self.textUser("alice")
         bobId = self.register("bob")
@@ -691,8 +711,18 @@ class SingleNodeTests:
                     line = bob.readText()
                     self.assertTrue(line.startswith("MSG "), line)
                     note(line.rsplit(": ", 1)[1])
-            # Log out on this connection: whatever came before the reply counts too.
-            bob.send(b'{"msgid":3}\n' if useJSON else b"logout\r\n")
+            # Log out while alice sends n<k>: whatever comes before the
+            # logout reply counts, the rest must be at the next login.
+            logout = b'{"msgid":3}\n' if useJSON else b"logout\r\n"
+            chat = f"chat {bobId} n{k}\r\n".encode()
+            if k % 4 < 2:
+                bob.send(logout)
+                time.sleep(delay)
+                alice.send(chat)
+            else:
+                alice.send(chat)
+                time.sleep(delay)
+                bob.send(logout)
             while True:
                 if useJSON:
                     reply = bob.readJSON()
@@ -706,12 +736,18 @@ class SingleNodeTests:
                         self.assertEqual(line, "OK logged out")
                         break
                     note(line.rsplit(": ", 1)[1])
+            self.assertIn(alice.readText(), ("OK delivered", "OK stored for offline delivery"))
             bob.close()
         final = self.client()
-        self.assertEqual(final.command("login bob pw"),
-                         f"OK logged in: id {bobId}, name bob, 0 offline messages")
+        header = final.command("login bob pw")
+        match = re.fullmatch(rf"OK logged in: id {bobId}, name bob, (\d+) offline messages?",
+                             header)
+        self.assertIsNotNone(match, header)
+        for _ in range(int(match.group(1))):
+            note(final.readText().rsplit(": ", 1)[1])
         final.expectNothing(0.2)
-        self.assertEqual(seen, Counter({f"m{k}": 1 for k in range(rounds)}))
+        self.assertEqual(seen, Counter({f"{kind}{k}": 1 for k in range(rounds)
+                                        for kind in "mn"}))
 
     # Bad input ----------------------------------------------------------
 
