@@ -447,8 +447,11 @@ class LogoutRaceTests(ClusterMixin, unittest.SynchronousTestCase):
                           f"{len(leftover)} at the last login")
         self.assertEqual(leftover, [], "stored while Bob was logged in, "
                          "but not pushed to him")
-        # Each way to Bob keeps Alice's order: live ones in order.
-        self.assertEqual(live, sorted(live))
+        # Until Bob's first logout every message went live through his
+        # channel, in Alice's order.  (Later, a message stored in the race
+        # and pushed by a drain may come after newer live ones: the
+        # protocol orders only the offline messages of a login.)
+        self.assertEqual(live[:40], list(range(40)))
 
 
 class RefusedConfigurationTests(unittest.SynchronousTestCase):
