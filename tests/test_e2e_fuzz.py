@@ -85,40 +85,57 @@ def jsonLines(draw: st.DrawFn) -> bytes:
     return text.encode("utf-8", "surrogatepass") + draw(terminators)
 
 
-validLines = st.sampled_from(
-    [f"login {u} pw\r\n".encode() for u in USERS]
-    + [b'{"msgid":1,"name":"%s","password":"pw"}\x00' % u.encode() for u in USERS]
-    + [b'{"msgid":1,"name":"%s","password":"pw"}\n' % u.encode() for u in USERS]
-    + [f"chat {u} hello there\r\n".encode() for u in USERS]
-    + [b'{"msgid":6,"toid":%d,"msg":"hi"}\n' % i for i in (1, 2, 3)]
-    + [b"creategroup g1 fuzz\r\n", b"addgroup 1\r\n", b"groupchat 1 all\r\n",
-       b'{"msgid":10,"groupid":1,"msg":"all"}\n', b'{"msgid":9,"groupid":1}\n',
-       b"friends\r\n", b"groups\r\n", b'{"msgid":16}\n', b"logout\r\n", b'{"msgid":3}\n'])
+TEXT_REQUESTS = (
+    [f"login {u} pw" for u in USERS] + [f"chat {u} hello there" for u in USERS]
+    + ["chat 1 hi", "chat 99 hi", "chat nobody hi", "addfriend fuzz1", "addfriend 2",
+       "addfriend nobody", "friends", "creategroup g1 fuzz", "creategroup g2",
+       "addgroup 1", "addgroup 2", "addgroup 99", "groups", "groupchat 1 all",
+       "g 2 all", "groupchat 99 x", "logout", "ping", "help", "chat:2:colon", "login x"])
+JSON_REQUESTS = (
+    [{"msgid": 1, "name": u, "password": "pw"} for u in USERS]
+    + [{"msgid": 1, "id": i, "password": "pw"} for i in (1, 2, 3, 99)]
+    + [{"msgid": 6, "toid": i, "msg": "hi"} for i in (1, 2, 3, 99)]
+    + [{"msgid": 6, "id": 2, "toid": 1, "msg": "hi", "name": "x", "time": "x"},
+       {"msgid": 7, "friendid": 2}, {"msgid": 7, "friendid": 99},
+       {"msgid": 8, "groupname": "g1", "groupdesc": "fuzz"}, {"msgid": 8, "groupname": "g3"},
+       {"msgid": 9, "groupid": 1}, {"msgid": 9, "groupid": 99},
+       {"msgid": 10, "groupid": 1, "msg": "all"}, {"msgid": 10, "groupid": 99, "msg": "x"},
+       {"msgid": 3}, {"msgid": 12}, {"msgid": 14}, {"msgid": 16}, {"msgid": 4, "name": "fuzz1",
+                                                                  "password": "pw"}])
+validRequests = {
+    "text": st.sampled_from([f"{r}\r\n".encode() for r in TEXT_REQUESTS]),
+    "json": st.sampled_from([json.dumps(r).encode() + b"\n" for r in JSON_REQUESTS]),
+    "classic": st.sampled_from([json.dumps(r).encode() + b"\0" for r in JSON_REQUESTS]),
+}
+"""Well-formed requests of each dialect, which succeed or fail for a reason."""
 
-pieces = st.one_of(st.binary(max_size=MAX_LINE + 80), textLines(), jsonLines(), validLines,
-                   validLines, st.binary(min_size=MAX_LINE - 2, max_size=MAX_LINE + 3))
-"""One write: raw bytes (some about the size of --max-line) or lines; valid
-lines twice as often, so that sessions, chats and groups happen too."""
-
+junk = st.one_of(st.binary(max_size=MAX_LINE + 80), textLines(), jsonLines(),
+                 st.binary(min_size=MAX_LINE - 2, max_size=MAX_LINE + 3))
+"""Raw bytes (some about the size of --max-line) and random lines of both dialects."""
 
 
 @st.composite
 def scripts(draw: st.DrawFn) -> list[tuple[int, bytes]]:
     """
-    Writes to three connections, interleaved; each connection may first
-    log in as its own user (text, JSON or classic JSON), so that chats
-    between them are pushed as events too.
+    Writes to three connections, interleaved.  Each connection mostly
+    speaks one dialect (text, JSON or classic JSON) and may first log in as
+    its own user, so that sessions, chats between them (pushed events),
+    friends and groups happen between the junk.
     """
+    dialects = [draw(st.sampled_from(["text", "json", "classic"])) for _ in USERS]
     script = []
-    for index, user in enumerate(USERS):
-        login = draw(st.sampled_from([
-            None, f"login {user} pw\r\n".encode(),
-            b'{"msgid":1,"name":"%s","password":"pw"}\n' % user.encode(),
-            b'{"msgid":1,"name":"%s","password":"pw"}\x00' % user.encode()]))
-        if login is not None:
+    for index, (user, dialect) in enumerate(zip(USERS, dialects)):
+        if draw(st.sampled_from([True, True, True, False])):
+            login = ({"text": f"login {user} pw\r\n".encode()}.get(dialect) or json.dumps(
+                {"msgid": 1, "name": user, "password": "pw"}).encode()
+                + (b"\0" if dialect == "classic" else b"\n"))
             script.append((index, login))
-    return script + draw(st.lists(st.tuples(st.integers(0, 2), pieces), min_size=1,
-                                  max_size=20))
+    for _ in range(draw(st.integers(5, 25))):
+        index = draw(st.integers(0, 2))
+        piece = draw(st.one_of(validRequests[dialects[index]], validRequests[dialects[index]],
+                               junk))
+        script.append((index, piece))
+    return script
 
 
 # The model of a connection's dialect (PROTOCOL.md 1 and 2) -----------------
@@ -156,13 +173,14 @@ class FuzzedConnection:
         self.reset = False
 
     def send(self, data: bytes) -> None:
+        """Send, unless the server has closed; what it sent first is still read."""
         self.sent += data
-        if self.closed:
+        if self.closed or self.reset:
             return
         try:
             self.sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError):
-            self.closed = self.reset = True
+            self.reset = True
 
     def receive(self, timeout: float) -> None:
         if self.closed:
