@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -346,8 +347,6 @@ class SingleNodeTests:
 
     def test_oneMessageByteByByte(self) -> None:
         """A message split across many writes, one byte each."""
-        import socket
-
         def trickle(client: Client, data: bytes) -> None:
             client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for i in range(len(data)):
