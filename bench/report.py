@@ -1,0 +1,226 @@
+"""
+The Markdown report (and its JSON twin): the machine, the versions, the
+settings, and for each scenario every metric as the median of the runs with
+the smallest and largest, plus ratios against the baseline measured in the
+same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .scenarios import ScenarioResult, Settings
+from .stats import Summary, summarise
+
+
+def _version(module: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return "not installed"
+
+
+def _git(root: Path, *args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machineInfo(settings: Settings, serverCode: dict[str, str]) -> dict[str, Any]:
+    """What a reader needs to compare this report with another."""
+    memory = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "CPU": model,
+        "memory": memory,
+        "kernel": platform.release(),
+        "open files (ulimit -n)": "/".join(map(str, resource.getrlimit(resource.RLIMIT_NOFILE))),
+        "ephemeral ports": Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        if Path("/proc/sys/net/ipv4/ip_local_port_range").exists() else "?",
+        "Python": platform.python_version(),
+        "Twisted": _version("twisted"),
+        "orjson": _version("orjson"),
+        "uvloop (generator)": _version("uvloop"),
+        "redis-server": _command(["redis-server", "--version"]),
+        "MariaDB": _command(["mariadbd", "--version"], sbin=True),
+        "HAProxy": _command(["haproxy", "-v"], sbin=True).splitlines()[0] if settings.haproxy else "not used",
+        **serverCode,
+    }
+
+
+def _command(argv: list[str], sbin: bool = False) -> str:
+    env = dict(os.environ)
+    if sbin:
+        env["PATH"] = env.get("PATH", "") + ":/usr/sbin:/sbin:/usr/local/sbin"
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, env=env)
+        return (out.stdout or out.stderr).strip()[:120]
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+
+
+def _fmt(value: Optional[float]) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if value == int(value) and abs(value) >= 100:
+            return f"{int(value):,}"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _cell(summary: Summary) -> str:
+    if summary.count == 0:
+        return "–"
+    if summary.count == 1 or summary.low == summary.high:
+        return _fmt(summary.median)
+    return f"{_fmt(summary.median)} ({_fmt(summary.low)} – {_fmt(summary.high)})"
+
+
+def _ratios(result: ScenarioResult) -> dict[str, Summary]:
+    """
+    Per ratio metric: node / baseline, run by run when the runs were
+    interleaved (same count), else median over median.
+    """
+    out: dict[str, Summary] = {}
+    for key in result.ratioKeys:
+        pairs = [(r.get(key), b.get(key)) for r, b in zip(result.runs, result.baseline)]
+        values = [a / b for a, b in pairs if isinstance(a, (int, float)) and
+                  isinstance(b, (int, float)) and b]
+        if values:
+            out[key] = Summary.of(values)
+    return out
+
+
+def _table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    keys: list[str] = []
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
+    return lines
+
+
+def renderMarkdown(results: Sequence[ScenarioResult], settings: Settings,
+                   machine: dict[str, Any], title: str, preamble: str = "",
+                   command: str = "") -> str:
+    out = [f"# {title}", ""]
+    if preamble:
+        out += [preamble.strip(), ""]
+    out += ["## Machine and versions", "", "| | |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in machine.items()]
+    out += ["", f"Command: `{command}`" if command else "", ""]
+    out += ["Every number is the median of the runs, with the smallest and largest "
+            "in brackets. Latencies are from the send time written inside the message "
+            "to its arrival at the recipient; \"lost\" counts messages neither delivered "
+            "live nor found in the offline store when the recipient logged in again. "
+            "CPU % is per process, 100 = one core busy. See bench/README.md for what "
+            "each number means.", ""]
+    out += ["## Summary", ""] + _summaryTable(results) + [""]
+    for result in results:
+        out += [f"## {result.title}", ""]
+        out.append(f"Deployment: {result.deployment or '?'}; {len(result.runs)} runs; "
+                   f"took {result.seconds:g} s.  Settings: " +
+                   ", ".join(f"{k} {v}" for k, v in result.settings.items()) + ".")
+        out.append("")
+        if result.error:
+            out += [f"**The scenario failed:** `{result.error}`", ""]
+        summary = summarise(result.runs)
+        base = summarise(result.baseline) if result.baseline else {}
+        ratios = _ratios(result)
+        header = "| metric | this server |"
+        rule = "|---|---|"
+        if base:
+            header += f" baseline: {result.baselineLabel} | ratio (server / baseline) |"
+            rule += "---|---|"
+        if summary:
+            out += [header, rule]
+            for key, value in summary.items():
+                row = f"| {key} | {_cell(value)} |"
+                if base:
+                    row += f" {_cell(base[key]) if key in base else ''} |"
+                    row += f" {_cell(ratios[key]) if key in ratios else ''} |"
+                out.append(row)
+            out.append("")
+        for title, rows in result.details:
+            out += [f"<details><summary>{title}</summary>", ""] + _table(rows) + ["", "</details>", ""]
+        if result.notes:
+            out += ["Notes:", ""] + [f"- {_oneLine(n)}" for n in result.notes] + [""]
+    return "\n".join(out).replace("\n\n\n", "\n\n") + "\n"
+
+
+def _oneLine(text: str) -> str:
+    text = text.strip()
+    if "\n" in text:
+        return "\n\n  ```\n" + "\n".join("  " + l for l in text.splitlines()) + "\n  ```"
+    return text.replace("|", "\\|")
+
+
+_HEADLINES = {
+    "chat-local": ["delivered msgs/s", "p50 ms", "p99 ms", "lost"],
+    "chat-cross": ["delivered msgs/s", "p50 ms", "p99 ms", "lost"],
+    "chat-haproxy": ["delivered msgs/s", "p50 ms", "p99 ms", "lost"],
+    "saturation-local": ["sustained msgs/s", "at half: p99 ms"],
+    "saturation-cross": ["sustained msgs/s", "at half: p99 ms"],
+    "login": ["logins/s", "p50 ms", "p99 ms", "alone: p50 ms"],
+}
+
+
+def _summaryTable(results: Sequence[ScenarioResult]) -> list[str]:
+    """The headline numbers of every scenario on one screen."""
+    lines = ["| scenario | number | median (min – max) | vs baseline |", "|---|---|---|---|"]
+    for result in results:
+        summary = summarise(result.runs)
+        ratios = _ratios(result)
+        keys = _HEADLINES.get(result.key)
+        if keys is None and result.key.startswith("fanout"):
+            keys = ["completion p50 ms", "completion max ms", "burst deliveries/s", "lost"]
+        if keys is None and result.key == "connections":
+            keys = [k for k in summary if "KiB per connection" in k or "RTT p99" in k]
+        if result.error:
+            lines.append(f"| {result.key} | failed | {_oneLine(result.error)[:200]} | |")
+        for key in keys or []:
+            if key in summary:
+                ratio = _cell(ratios[key]) if key in ratios else ""
+                lines.append(f"| {result.key} | {key} | {_cell(summary[key])} | {ratio} |")
+    return lines
+
+
+def writeJSON(path: Path, results: Sequence[ScenarioResult], settings: Settings,
+              machine: dict[str, Any]) -> None:
+    path.write_text(json.dumps({"machine": machine, "settings": settings.public(),
+                                "results": [asdict(r) for r in results]}, indent=1, default=str))
