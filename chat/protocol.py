@@ -163,8 +163,10 @@ class ChatProtocol(Protocol):
             self._replied(HelpText(), request)
             return
         if isinstance(request, Quit):
-            self._replied(Bye(), request)
-            self._close()
+            # Like a logout, answered once the database has let the
+            # session go, so the user may log in elsewhere right after.
+            self._busy = True
+            self._service.sessionEnded(self).addBoth(self._bye, request)
             return
         if isinstance(request, Login):
             self._held = []
@@ -183,6 +185,10 @@ class ChatProtocol(Protocol):
             result.addBoth(self._resume)
         else:
             self._replied(result, request)
+
+    def _bye(self, _: Any, request: Quit) -> None:
+        self._replied(Bye(), request)
+        self._close()
 
     def _resume(self, _: Any) -> None:
         self._busy = False

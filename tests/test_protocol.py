@@ -74,9 +74,11 @@ class FakeService:
             return answer(session, request)
         return answer
 
-    def sessionEnded(self, session: Any) -> None:
+    def sessionEnded(self, session: Any) -> Deferred[None]:
+        """Like the real one: fires once the session is released."""
         self.ended.append(session)
         session.userId = session.userName = None
+        return succeed(None)
 
     def storeUndelivered(self, userId: int,
                          events: list[ChatEvent]) -> Deferred[None]:
