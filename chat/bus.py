@@ -32,8 +32,12 @@ class IBusReceiver(Interface):
     What a bus calls when something arrives for a local user.
     """
 
-    def eventArrived(userId: int, event: ChatEvent) -> None:
-        """A chat message for C{userId} from another server."""
+    def eventArrived(userId: int, event: ChatEvent) -> Deferred | None:
+        """
+        A chat message for C{userId} from another server.  When the user
+        has no session here any more, the message is stored: then a
+        L{Deferred} that fires once it is (a stopping bus waits for it).
+        """
 
     def pokeArrived(userId: int) -> None:
         """C{userId} has new offline messages."""

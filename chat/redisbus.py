@@ -50,6 +50,9 @@ COMMAND_TIMEOUT = 2.0
 PING_SECONDS = 2.0
 WATCH_SECONDS = 0.5
 RECONNECT_MAX_DELAY = 1.0
+STOP_SECONDS = 5.0
+"""How long a stopping bus waits for the messages still on their way to it,
+and for the service to store them, before it disconnects."""
 CHANNEL_PREFIX = b"chat:user:"
 POKE = b"poke"
 
@@ -153,6 +156,7 @@ class RedisBus(Service):
         self._watchdog: Optional[LoopingCall] = None
         self._everConnected = False
         self._unpoked: set[int] = set()
+        self._storing: set[Deferred] = set()
 
     @classmethod
     def fromURL(cls, url: str, reactor: Any) -> "RedisBus":
@@ -184,9 +188,50 @@ class RedisBus(Service):
         super().stopService()
         if self._watchdog is not None and self._watchdog.running:
             self._watchdog.stop()
-        factories, self._factories = self._factories, []
-        return DeferredList([f.disconnect() for f in factories],
-                            consumeErrors=True)
+
+        def disconnect(_: Any) -> Deferred:
+            factories, self._factories = self._factories, []
+            return DeferredList([f.disconnect() for f in factories],
+                                consumeErrors=True)
+
+        return self._drainSubscriber().addBoth(disconnect)
+
+    def _drainSubscriber(self) -> Deferred:
+        """
+        Before a clean stop, once the service has let its sessions go:
+        unsubscribe from every channel and wait until Redis confirms, so
+        that every message it sent here first (each one a PUBLISH counted
+        as taken by this node) has been handed to the service; then wait
+        until the service has stored those.  Messages published later find
+        no subscriber here, and their senders store them.  Closing the
+        link at once would drop whatever was still unread in it.
+        """
+        wanted, self._wanted = sorted(self._wanted), set()
+        subscriber = self._subscriber
+        d = DeferredList([
+            self._command(subscriber, "unsubscribe", [channelOf(u)])
+            for u in (wanted if subscriber is not None else ())],
+            consumeErrors=True)
+        d.addCallback(lambda _: DeferredList(list(self._storing),
+                                             consumeErrors=True))
+        # Bounded, without cancelling: the commands and stores may still
+        # complete while the links close.
+        finished = Deferred()
+
+        def timedOut() -> None:
+            self._log.warn("stopping: gave up waiting after {s} s for the "
+                           "messages on their way here", s=STOP_SECONDS)
+            finished.callback(None)
+
+        timer = self._reactor.callLater(STOP_SECONDS, timedOut)
+
+        def drained(_: Any) -> None:
+            if timer.active():
+                timer.cancel()
+                finished.callback(None)
+
+        d.addBoth(drained)
+        return finished
 
     # Connections --------------------------------------------------------
 
@@ -278,11 +323,20 @@ class RedisBus(Service):
             userId = int(channel[len(CHANNEL_PREFIX):])
             if message == POKE:
                 receiver.pokeArrived(userId)
-            else:
-                receiver.eventArrived(userId, ChatEvent.fromJSON(message))
+                return
+            storing = receiver.eventArrived(userId,
+                                            ChatEvent.fromJSON(message))
+            if isinstance(storing, Deferred):
+                # Its session is gone and it is being stored; a stop waits.
+                self._storing.add(storing)
+                storing.addBoth(self._stored, storing)
         except Exception:
             self._log.failure("handling a bus message on {channel!r}",
                               channel=channel)
+
+    def _stored(self, result: Any, storing: Deferred) -> Any:
+        self._storing.discard(storing)
+        return result
 
     # Publishing ---------------------------------------------------------
 

@@ -451,13 +451,14 @@ class ChatService:
 
     # Arrivals from the bus -------------------------------------------------
 
-    def eventArrived(self, userId: int, event: ChatEvent) -> None:
+    def eventArrived(self, userId: int,
+                     event: ChatEvent) -> Optional[Deferred]:
         session = self.sessions.get(userId)
         if session is not None:
             session.deliver(event)
-            return
+            return None
         # The user logged out while the message was in flight: store it.
-        self._storeEventually([(userId, event.toJSON())])
+        return self._storeEventually([(userId, event.toJSON())])
 
     def storeUndelivered(self, userId: int,
                          events: Sequence[ChatEvent]) -> Deferred:
