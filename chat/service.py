@@ -85,6 +85,22 @@ def _validId(value: int) -> bool:
     return 0 < value <= MAX_ID
 
 
+class _Drain:
+    """
+    A drain of one user's offline messages under way: the live events
+    that wait for it, and whether another drain was asked for meanwhile.
+    """
+
+    __slots__ = ("held", "again")
+
+    def __init__(self) -> None:
+        self.held: list[ChatEvent] = []
+        self.again = False
+
+    def append(self, event: ChatEvent) -> None:
+        self.held.append(event)
+
+
 _DELIVERED = ChatSent(online=True)
 _STORED = ChatSent(online=False)
 
@@ -141,6 +157,7 @@ class ChatService:
         """Whether an expired lease proves its node dead; see
         L{chat.presence.Presence}, which clears it after a database outage."""
         self.sessions: dict[int, Any] = {}
+        self._draining: dict[int, _Drain] = {}
         self.users = KnownUsers()
         self._claiming: set[int] = set()
         self._clock = clock
@@ -315,7 +332,7 @@ class ChatService:
                               self._clock(), to_id=userId)
             local = self.sessions.get(userId)
             if local is not None:
-                local.deliver(event)
+                self._push(userId, local, event)
                 return _DELIVERED
             return self._publishOne(userId, event)
 
@@ -368,7 +385,7 @@ class ChatService:
         for userId, online in recipients:
             session = self.sessions.get(userId)
             if session is not None:
-                session.deliver(event)
+                self._push(userId, session, event)
             elif online is False:
                 stored.append(userId)
             else:
@@ -455,7 +472,7 @@ class ChatService:
                      event: ChatEvent) -> Optional[Deferred]:
         session = self.sessions.get(userId)
         if session is not None:
-            session.deliver(event)
+            self._push(userId, session, event)
             return None
         # The user logged out while the message was in flight: store it.
         return self._storeEventually([(userId, event.toJSON())])
@@ -500,25 +517,63 @@ class ChatService:
         for userId in list(self.sessions):
             self.drainInto(userId)
 
+    def _push(self, userId: int, session: Any, event: ChatEvent) -> None:
+        """
+        Hand C{event} to a local session, unless that user's offline
+        messages are being drained: then it waits for them, since they
+        are older (see L{drainInto}).
+        """
+        drain = self._draining.get(userId)
+        if drain is not None:
+            drain.append(event)
+        else:
+            session.deliver(event)
+
     def drainInto(self, userId: int) -> Deferred:
         """
         Push a live session's offline messages to it, oldest first.
+
+        A poke arrives ahead of the sender's next message, which may well
+        be published live while the drain's query runs; so until the
+        drained messages are pushed, live events for the user wait behind
+        them, and the session sees the sender's order.  A poke during a
+        drain asks for one more drain after it.
         """
-        def push(payloads: list[bytes]) -> None:
+        drain = self._draining.get(userId)
+        if drain is not None:
+            drain.again = True
+            return succeed(None)
+        drain = self._draining[userId] = _Drain()
+        return self._drainOnce(userId, drain)
+
+    def _drainOnce(self, userId: int, drain: "_Drain") -> Deferred:
+        def push(payloads: list[bytes]) -> Optional[Deferred]:
+            events = [ChatEvent.fromJSON(p) for p in payloads] + drain.held
+            drain.held = []
             session = self.sessions.get(userId)
             if session is None:
-                if payloads:
+                del self._draining[userId]
+                if events:
                     # Logged out during the drain: put them back.
                     return self._storeEventually(
-                        [(userId, p) for p in payloads])
+                        [(userId, e.toJSON()) for e in events])
                 return None
-            for payload in payloads:
-                session.deliver(ChatEvent.fromJSON(payload))
+            for event in events:
+                session.deliver(event)
+            if drain.again:
+                drain.again = False
+                return self._drainOnce(userId, drain)
+            del self._draining[userId]
             return None
 
-        return self.store.drainOffline(userId).addCallback(push).addErrback(
-            logFailure(self._log, "draining offline messages of user {id}",
-                       id=userId))
+        def failed(failure: Failure) -> Failure:
+            push([])  # release what waited; the next poke or login drains
+            return failure
+
+        return self.store.drainOffline(userId).addCallbacks(
+            push, failed).addErrback(logFailure(
+                self._log, "draining offline messages of user {id}",
+                id=userId))
 
     # Presence ------------------------------------------------------------
 

@@ -481,6 +481,47 @@ class ChatTests(ServiceTestCase):
         self.assertEqual(bobSession.texts, ["first", "second"])
         self.assertEqual(await self.store.drainOffline(self.bob), [])
 
+    async def test_liveEventWaitsForDrain(self) -> None:
+        """
+        A live message that arrives while a poke's drain is under way is
+        pushed after the drained (older) messages, so the session sees
+        the sender's order: the sender stored message 1 and poked, then
+        published message 2 live.
+        """
+        await self.setUpUsers()
+        bobSession, _ = await self.login(self.bob)
+        first = ChatEvent(self.alice, "alice", "1", TIME, to_id=self.bob)
+        second = ChatEvent(self.alice, "alice", "2", TIME, to_id=self.bob)
+        await self.store.storeOffline([(self.bob, first.toJSON())])
+        draining = self.service.drainInto(self.bob)
+        self.service.eventArrived(self.bob, second)
+        self.assertEqual(bobSession.texts, [])
+        await draining
+        self.assertEqual(bobSession.texts, ["1", "2"])
+        # Once the drain is over, live events go straight through.
+        self.service.eventArrived(self.bob, ChatEvent(
+            self.alice, "alice", "3", TIME, to_id=self.bob))
+        self.assertEqual(bobSession.texts, ["1", "2", "3"])
+
+    async def test_liveEventStoredIfLoggedOutDuringDrain(self) -> None:
+        """
+        A live message waiting for a drain whose session then ends is
+        stored with the drained ones, in order.
+        """
+        await self.setUpUsers()
+        bobSession, _ = await self.login(self.bob)
+        first = ChatEvent(self.alice, "alice", "1", TIME, to_id=self.bob)
+        second = ChatEvent(self.alice, "alice", "2", TIME, to_id=self.bob)
+        await self.store.storeOffline([(self.bob, first.toJSON())])
+        draining = self.service.drainInto(self.bob)
+        self.service.eventArrived(self.bob, second)
+        self.service.sessionEnded(bobSession)
+        await draining
+        stored = await self.store.drainOffline(self.bob)
+        self.assertEqual([ChatEvent.fromJSON(p).text for p in stored],
+                         ["1", "2"])
+        self.assertEqual(bobSession.texts, [])
+
     async def test_busReconnectedDrains(self) -> None:
         """
         After the bus comes back, every live session gets what was stored
