@@ -373,14 +373,14 @@ class LogoutRaceTests(ClusterMixin, unittest.SynchronousTestCase):
     stored, not dropped; and none is delivered twice.
     """
 
-    BURST = 500
+    BURST = 2000
 
     def setUp(self) -> None:
         self.startCluster(2)
 
     def test_logoutDuringBurst(self) -> None:
         """
-        Alice on node 1 pipelines 500 numbered messages to Bob on node 2,
+        Alice on node 1 pipelines 2000 numbered messages to Bob on node 2,
         who logs out and straight back in twice in the middle of the burst.
         Every number ends up delivered live or in a login's offline
         messages, exactly once.
@@ -404,7 +404,7 @@ class LogoutRaceTests(ClusterMixin, unittest.SynchronousTestCase):
                              (6, aliceId, bobId), obj)
             return seqsOf([obj["msg"]], "seq")[0]
 
-        for logoutAfter in (40, 150):
+        for logoutAfter in (40, 600):
             while len(live) + len(stored) < logoutAfter:
                 live.append(event(bob.readJSON(10)))
             bob.sendJSON({"msgid": 3})
@@ -424,9 +424,12 @@ class LogoutRaceTests(ClusterMixin, unittest.SynchronousTestCase):
                              (11, 6, 0), ack)
         deliveries = {d: sum(a["delivery"] == d for a in acks)
                       for d in ("online", "offline")}
-        # Bob logged out while the burst was running, not after it.
-        self.assertGreater(deliveries["offline"], 0, deliveries)
-        self.assertGreater(deliveries["online"], 0, deliveries)
+        # Bob logged out while the burst was running, not after it: some
+        # messages were stored, by Alice's node (ACK "offline": nobody
+        # took them) or by Bob's (taken after his logout), and handed
+        # over by his next login.
+        self.assertGreater(deliveries["offline"] + len(stored), 0,
+                           deliveries)
 
         # The rest arrives live (messages stored while Bob was logged in
         # are poked to his node and drained into his connection).
