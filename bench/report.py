@@ -221,6 +221,43 @@ def _summaryTable(results: Sequence[ScenarioResult]) -> list[str]:
 
 
 def writeJSON(path: Path, results: Sequence[ScenarioResult], settings: Settings,
-              machine: dict[str, Any]) -> None:
+              machine: dict[str, Any], command: str = "") -> None:
     path.write_text(json.dumps({"machine": machine, "settings": settings.public(),
+                                "command": command,
                                 "results": [asdict(r) for r in results]}, indent=1, default=str))
+
+
+def loadJSON(path: Path) -> tuple[list[ScenarioResult], dict[str, Any], dict[str, Any]]:
+    """A report's JSON twin back into results, settings and machine."""
+    data = json.loads(path.read_text())
+    results = []
+    for raw in data["results"]:
+        raw["details"] = [tuple(d) for d in raw.get("details", [])]
+        results.append(ScenarioResult(**raw))
+    return results, data["settings"], data["machine"]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """
+    Render a report again from its JSON, e.g. with a new preamble, without
+    running anything: C{python -m bench.report RUN.json --out REPORT.md
+    [--title T] [--preamble-file P.md] [--command C]}.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report")
+    parser.add_argument("json", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--title", default="Benchmarks")
+    parser.add_argument("--preamble-file", type=Path)
+    parser.add_argument("--command", default="")
+    options = parser.parse_args(argv)
+    results, settings, machine = loadJSON(options.json)
+    preamble = options.preamble_file.read_text() if options.preamble_file else ""
+    command = options.command or json.loads(options.json.read_text()).get("command", "")
+    options.out.write_text(renderMarkdown(results, Settings(), machine, options.title,
+                                          preamble, command))
+
+
+if __name__ == "__main__":
+    main()

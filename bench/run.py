@@ -70,6 +70,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sat-max", type=float, default=200000)
     p.add_argument("--sat-step", type=float, default=3.0, help="seconds per step")
     p.add_argument("--sat-bisect", type=int, default=3)
+    p.add_argument("--sat-confirm", type=int, default=1,
+                   help="times a step that failed on p99 alone is measured again")
     p.add_argument("--p99-limit", type=float, default=50.0, help="ms")
     p.add_argument("--group-sizes", type=_ints, default=(100, 1000))
     p.add_argument("--group-messages", type=int, default=10)
@@ -92,6 +94,7 @@ def settingsFrom(options: argparse.Namespace, root: Optional[Path]) -> Settings:
         duration=options.duration, warmup=options.warmup, pad=options.pad,
         satStart=options.sat_start, satMax=options.sat_max,
         satStepDuration=options.sat_step, satBisect=options.sat_bisect,
+        satConfirm=options.sat_confirm,
         p99LimitMs=options.p99_limit, groupSizes=options.group_sizes,
         groupMessages=options.group_messages, groupBurst=options.group_burst,
         loginConcurrency=options.login_concurrency,
@@ -106,6 +109,7 @@ def settingsFrom(options: argparse.Namespace, root: Optional[Path]) -> Settings:
             if getattr(options, name) == getattr(defaults, name):
                 setattr(s, {"sat_start": "satStart", "sat_max": "satMax",
                             "sat_step": "satStepDuration", "sat_bisect": "satBisect",
+                            "sat_confirm": "satConfirm",
                             "group_sizes": "groupSizes", "group_messages": "groupMessages",
                             "group_burst": "groupBurst",
                             "login_concurrency": "loginConcurrency",
@@ -115,7 +119,8 @@ def settingsFrom(options: argparse.Namespace, root: Optional[Path]) -> Settings:
 
         for name, value in [("runs", 1), ("pairs", 5), ("rate", 200), ("duration", 1.0),
                             ("warmup", 0.2), ("sat_start", 200), ("sat_max", 400),
-                            ("sat_step", 0.5), ("sat_bisect", 0), ("group_sizes", (10,)),
+                            ("sat_step", 0.5), ("sat_bisect", 0), ("sat_confirm", 0),
+                            ("group_sizes", (10,)),
                             ("group_messages", 3), ("group_burst", 3),
                             ("login_concurrency", 2), ("login_accounts", 4),
                             ("login_duration", 1.0), ("connections", (20, 40)),
@@ -203,7 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # write as we go: a long run that dies still leaves a report
             out.write_text(renderMarkdown(results, settings, machine, options.title,
                                           options.preamble, command))
-            writeJSON(jsonPath, results, settings, machine)
+            writeJSON(jsonPath, results, settings, machine, command)
     finally:
         if frozen is not None:
             shutil.rmtree(frozen, ignore_errors=True)

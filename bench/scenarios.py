@@ -47,6 +47,7 @@ class Settings:
     satMax: float = 200000.0
     satStepDuration: float = 3.0
     satBisect: int = 3
+    satConfirm: int = 1
     p99LimitMs: float = 50.0
     groupSizes: tuple[int, ...] = (100, 1000)
     groupMessages: int = 10
@@ -182,15 +183,25 @@ def saturate(lg: LoadGen, pairs: Sequence[tuple[User, User]], settings: Settings
     steps: list[dict[str, Any]] = []
 
     def tryRate(rate: float) -> bool:
+        """
+        One rate; a p99 failure is measured again (C{satConfirm} times)
+        before it counts, because on a shared machine one stall of another
+        tenant's 100 ms is enough to spoil the p99 of a 3 s step.  A loss
+        is never given a second chance.
+        """
         rate = float(round(rate))
-        metrics = measureChat(lg, pairs, settings, dep, rate, settings.satStepDuration)
-        ok, why = _holds(metrics, settings)
-        steps.append({"offered msgs/s": rate, "outcome": why, **{
-            k: metrics[k] for k in ("delivered msgs/s", "lost", "p50 ms", "p99 ms",
-                                   "generator lag ms") if k in metrics},
-            **{k: v for k, v in metrics.items() if k.startswith("CPU %")}})
-        time.sleep(0.5)  # let the server settle between steps
-        return ok
+        for attempt in range(1 + settings.satConfirm):
+            metrics = measureChat(lg, pairs, settings, dep, rate, settings.satStepDuration)
+            ok, why = _holds(metrics, settings)
+            steps.append({"offered msgs/s": rate,
+                          "outcome": why + (" (again)" if attempt else ""), **{
+                k: metrics[k] for k in ("delivered msgs/s", "lost", "p50 ms", "p99 ms",
+                                       "generator lag ms") if k in metrics},
+                **{k: v for k, v in metrics.items() if k.startswith("CPU %")}})
+            time.sleep(0.5)  # let the server settle between steps
+            if ok or metrics["lost"] > 0:
+                return ok
+        return False
 
     held: Optional[float] = None
     failed: Optional[float] = None
@@ -309,6 +320,7 @@ def saturation(settings: Settings, cross: bool = False) -> ScenarioResult:
     result = ScenarioResult(key, f"3. saturation ({'chat-cross' if cross else 'chat-local'})")
     result.settings = {"pairs": settings.pairs, "first rate msgs/s": settings.satStart,
                        "step s": settings.satStepDuration, "bisections": settings.satBisect,
+                       "p99 failures re-measured": settings.satConfirm,
                        "p99 limit ms": settings.p99LimitMs,
                        "half-rate step s": settings.duration}
     result.ratioKeys = ["sustained msgs/s"]
