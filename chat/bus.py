@@ -15,7 +15,7 @@ bus lives in L{chat.redisbus}.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
@@ -41,6 +41,13 @@ class IBusReceiver(Interface):
 
     def pokeArrived(userId: int) -> None:
         """C{userId} has new offline messages."""
+
+    def deliveryUncertain(messages: Sequence[tuple[int, bytes]]) -> None:
+        """
+        These C{(userId, payload)} messages were counted as taken by a
+        subscriber, but the bus went away before it could be sure they
+        were handed over: store them (a duplicate beats a loss).
+        """
 
     def busReconnected() -> None:
         """
@@ -76,6 +83,14 @@ class IMessageBus(Interface):
         """
         L{publish} for one target, the one-to-one chat's hot path: fires
         with the count, or fails.
+        """
+
+    def unframeStored(payload: bytes) -> Optional[bytes]:
+        """
+        The event JSON of a stored message, or L{None} for a copy stored
+        because its delivery was uncertain (see L{IBusReceiver.
+        deliveryUncertain}) whose original this node is known to have
+        received.
         """
 
     def poke(userIds: Iterable[int]) -> Deferred:
@@ -123,6 +138,9 @@ class LocalBus:
 
     def publishOne(self, userId: int, event: ChatEvent) -> Deferred:
         return self.publish([(userId, event)]).addCallback(lambda o: o[0])
+
+    def unframeStored(self, payload: bytes) -> Optional[bytes]:
+        return payload  # nothing here is ever uncertain
 
     def poke(self, userIds: Iterable[int]) -> Deferred:
         if self._receiver is not None:

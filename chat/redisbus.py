@@ -30,6 +30,8 @@ while Redis is down, so this module:
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from typing import Any, Iterable, Optional, Sequence
 from urllib.parse import urlsplit
 
@@ -53,6 +55,12 @@ RECONNECT_MAX_DELAY = 1.0
 STOP_SECONDS = 5.0
 """How long a stopping bus waits for the messages still on their way to it,
 and for the service to store them, before it disconnects."""
+RECENT_SECONDS = 2.0
+"""How long a message counted as taken by a subscriber is still kept, in
+case Redis dies before sending it on."""
+SUSPECT_SECONDS = 300.0
+"""How long a node whose subscriber lost Redis remembers the messages it
+had just received, to recognise stored copies of them."""
 CHANNEL_PREFIX = b"chat:user:"
 POKE = b"poke"
 
@@ -140,6 +148,43 @@ def _factory(protocol: type, dbid: Optional[int],
     return factory
 
 
+class SeenMessages:
+    """
+    The ids of the messages this node received from the bus lately.
+
+    A node whose publisher lost Redis stores the messages it published in
+    the last L{RECENT_SECONDS}, since Redis may have died before sending
+    them on; those that did arrive here would then come twice.  So this
+    node remembers what it received over that span, and when its own
+    subscriber loses Redis it keeps those ids for L{SUSPECT_SECONDS}, long
+    enough for the stored copies to be drained and recognised.
+    """
+
+    def __init__(self) -> None:
+        self._recent: deque[tuple[float, bytes]] = deque()
+        self._recentIds: set[bytes] = set()
+        self._kept: deque[tuple[float, set[bytes]]] = deque()
+
+    def add(self, messageId: bytes, now: float) -> None:
+        recent = self._recent
+        recent.append((now, messageId))
+        self._recentIds.add(messageId)
+        while recent[0][0] < now - RECENT_SECONDS - 1:
+            self._recentIds.discard(recent.popleft()[1])
+
+    def keepRecent(self, now: float) -> None:
+        """The subscriber lost Redis: keep what arrived lately for longer."""
+        while self._kept and self._kept[0][0] < now:
+            self._kept.popleft()
+        if self._recentIds:
+            self._kept.append((now + SUSPECT_SECONDS, self._recentIds))
+        self._recent, self._recentIds = deque(), set()
+
+    def __contains__(self, messageId: bytes) -> bool:
+        return messageId in self._recentIds or any(
+            messageId in ids for _, ids in self._kept)
+
+
 @implementer(IMessageBus)
 class RedisBus(Service):
     _log = Logger()
@@ -156,6 +201,10 @@ class RedisBus(Service):
         self._watchdog: Optional[LoopingCall] = None
         self._everConnected = False
         self._unpoked: set[int] = set()
+        self._recent: deque[tuple[float, int, bytes]] = deque()
+        self._token = os.urandom(6).hex().encode() + b"-"
+        self._sent = 0
+        self._seen = SeenMessages()
         self._storing: set[Deferred] = set()
 
     @classmethod
@@ -295,9 +344,11 @@ class RedisBus(Service):
         if connection is self._publisher:
             self._publisher = None
             self._log.warn("Redis publisher connection lost")
+            self._recentUncertain()
         elif connection is self._subscriber:
             self._subscriber = None
             self._log.warn("Redis subscriber connection lost")
+            self._seen.keepRecent(self._reactor.seconds())
 
     # Subscriptions ------------------------------------------------------
 
@@ -324,8 +375,9 @@ class RedisBus(Service):
             if message == POKE:
                 receiver.pokeArrived(userId)
                 return
-            storing = receiver.eventArrived(userId,
-                                            ChatEvent.fromJSON(message))
+            messageId, json = message[1:].split(b" ", 1)
+            self._seen.add(messageId, self._reactor.seconds())
+            storing = receiver.eventArrived(userId, ChatEvent.fromJSON(json))
             if isinstance(storing, Deferred):
                 # Its session is gone and it is being stored; a stop waits.
                 self._storing.add(storing)
@@ -338,11 +390,64 @@ class RedisBus(Service):
         self._storing.discard(storing)
         return result
 
+    def unframeStored(self, payload: bytes) -> Optional[bytes]:
+        if not payload.startswith(b"#"):
+            return payload
+        messageId, json = payload[1:].split(b" ", 1)
+        return None if messageId in self._seen else json
+
     # Publishing ---------------------------------------------------------
 
     def publish(self, targets: Sequence[tuple[int, ChatEvent]]) -> Deferred:
+        framed = [(userId, self._frame(event)) for userId, event in targets]
+
+        def remember(outcomes: list[PublishOutcome]) -> list[PublishOutcome]:
+            for (userId, message), outcome in zip(framed, outcomes):
+                if isinstance(outcome, int) and outcome > 0:
+                    self._remember(userId, message)
+            return outcomes
+
         return self._publishAll(
-            [(channelOf(u), e.toJSON()) for u, e in targets])
+            [(channelOf(u), m) for u, m in framed]).addCallback(remember)
+
+    def _frame(self, event: ChatEvent) -> bytes:
+        """
+        A chat message as the bus carries it: C{#<id> <event JSON>}, the
+        id unique in the cluster, so that a copy stored because its
+        delivery was uncertain can be recognised where the original did
+        arrive.
+        """
+        self._sent += 1
+        return b"#%s%x %s" % (self._token, self._sent, event.toJSON())
+
+    def _remember(self, userId: int, message: bytes) -> None:
+        """
+        Keep a message Redis counted as taken for L{RECENT_SECONDS}: until
+        the subscriber has read it from Redis, a Redis crash loses it.
+        """
+        now = self._reactor.seconds()
+        recent = self._recent
+        recent.append((now, userId, message))
+        while recent[0][0] < now - RECENT_SECONDS:
+            recent.popleft()
+
+    def _recentUncertain(self) -> None:
+        """
+        The publisher's link is gone while running: Redis may have died
+        with recent messages still queued for their subscribers, though it
+        had counted them as taken.  Have the service store them (a
+        duplicate, for those that did arrive, beats a loss: PROTOCOL.md
+        section 5).
+        """
+        now = self._reactor.seconds()
+        recent, self._recent = self._recent, deque()
+        uncertain = [(u, m) for t, u, m in recent
+                     if t >= now - RECENT_SECONDS]
+        if uncertain and self.running and self._receiver is not None:
+            self._log.warn("storing the {n} messages published in the last "
+                           "{s} s, whose delivery Redis may not have "
+                           "finished", n=len(uncertain), s=RECENT_SECONDS)
+            self._receiver.deliveryUncertain(uncertain)
 
     def poke(self, userIds: Iterable[int]) -> Deferred:
         users = list(userIds)
@@ -385,5 +490,12 @@ class RedisBus(Service):
         connection = self._publisher
         if connection is None:
             return fail(txredisapi.ConnectionError("Redis is unreachable"))
+        message = self._frame(event)
+
+        def remember(count: Any) -> Any:
+            if isinstance(count, int) and count > 0:
+                self._remember(userId, message)
+            return count
+
         return self._command(connection, "publish", channelOf(userId),
-                             event.toJSON())
+                             message).addCallback(remember)

@@ -247,7 +247,7 @@ class ChatService:
                 self.sessionEnded(session)
             raise
         return LoggedIn(user.id, user.name, friends, groups,
-                        tuple(ChatEvent.fromJSON(p) for p in offline))
+                        tuple(self._storedEvents(offline)))
 
     def _findUser(self, ref: UserRef) -> Deferred:
         if isinstance(ref, int):
@@ -509,6 +509,10 @@ class ChatService:
                 ids=sorted({u for u, _ in messages})))
         return d
 
+    def deliveryUncertain(self, messages: Sequence[tuple[int, bytes]]
+                          ) -> None:
+        self._storeEventually(list(messages))
+
     def pokeArrived(self, userId: int) -> None:
         if userId in self.sessions:
             self.drainInto(userId)
@@ -516,6 +520,18 @@ class ChatService:
     def busReconnected(self) -> None:
         for userId in list(self.sessions):
             self.drainInto(userId)
+
+    def _storedEvents(self, payloads: list[bytes]) -> list[ChatEvent]:
+        """
+        The events of drained offline messages, less stored copies of
+        messages this node is known to have delivered live already.
+        """
+        events = []
+        for payload in payloads:
+            json = self.bus.unframeStored(payload)
+            if json is not None:
+                events.append(ChatEvent.fromJSON(json))
+        return events
 
     def _push(self, userId: int, session: Any, event: ChatEvent) -> None:
         """
@@ -548,7 +564,7 @@ class ChatService:
 
     def _drainOnce(self, userId: int, drain: "_Drain") -> Deferred:
         def push(payloads: list[bytes]) -> Optional[Deferred]:
-            events = [ChatEvent.fromJSON(p) for p in payloads] + drain.held
+            events = self._storedEvents(payloads) + drain.held
             drain.held = []
             session = self.sessions.get(userId)
             if session is None:

@@ -1,0 +1,77 @@
+"""
+Unit tests for the pure parts of the Redis bus: the reply reader and the
+memory of received message ids.  (The bus itself is tested end to end
+against real redis-server processes in test_e2e_cluster and
+test_e2e_faults.)
+"""
+
+import txredisapi
+from twisted.trial.unittest import SynchronousTestCase
+
+from chat.redisbus import RECENT_SECONDS, SUSPECT_SECONDS, SeenMessages
+from chat.resp import RESPReader
+
+STREAM = (b"*3\r\n$7\r\nmessage\r\n$11\r\nchat:user:7\r\n$5\r\nhello\r\n"
+          b":5\r\n+OK\r\n-ERR wrong\r\n*2\r\n$4\r\npong\r\n$0\r\n\r\n$-1\r\n")
+REPLIES = [[b"message", b"chat:user:7", b"hello"], 5, "OK",
+           txredisapi.ResponseError("wrong"), [b"pong", b""], None]
+
+
+class RESPReaderTests(SynchronousTestCase):
+    """
+    Replies come out whole and in txredisapi's shapes, however the stream
+    is cut.
+    """
+
+    def assertReplies(self, replies: list) -> None:
+        self.assertEqual(len(replies), len(REPLIES))
+        for got, expected in zip(replies, REPLIES):
+            if isinstance(expected, Exception):
+                self.assertIsInstance(got, type(expected))
+                self.assertEqual(got.args, expected.args)
+            else:
+                self.assertEqual(got, expected)
+
+    def test_wholeStream(self) -> None:
+        self.assertReplies(RESPReader().feed(STREAM))
+
+    def test_byteByByte(self) -> None:
+        reader = RESPReader()
+        replies = []
+        for i in range(len(STREAM)):
+            replies += reader.feed(STREAM[i:i + 1])
+        self.assertReplies(replies)
+
+    def test_bulkContainingCRLF(self) -> None:
+        """A bulk string is read by its length, not up to a CRLF."""
+        reader = RESPReader()
+        self.assertEqual(reader.feed(b"$4\r\na\r\nb\r\n"), [b"a\r\nb"])
+
+    def test_garbage(self) -> None:
+        with self.assertRaises(txredisapi.InvalidResponse):
+            RESPReader().feed(b"?what\r\n")
+
+
+class SeenMessagesTests(SynchronousTestCase):
+    """
+    Ids received lately are remembered for a moment, and for much longer
+    once the subscriber has lost Redis.
+    """
+
+    def test_forgottenAfterAWhile(self) -> None:
+        seen = SeenMessages()
+        seen.add(b"a", 0.0)
+        self.assertIn(b"a", seen)
+        seen.add(b"b", RECENT_SECONDS + 2)
+        self.assertNotIn(b"a", seen)
+        self.assertIn(b"b", seen)
+
+    def test_keptAfterLinkLoss(self) -> None:
+        seen = SeenMessages()
+        seen.add(b"a", 0.0)
+        seen.keepRecent(1.0)
+        seen.add(b"b", 100.0)
+        self.assertIn(b"a", seen)
+        seen.keepRecent(SUSPECT_SECONDS + 2)
+        self.assertNotIn(b"a", seen)
+        self.assertIn(b"b", seen)
