@@ -160,10 +160,27 @@ class Deployment:
             pids["redis"] = self.redis.pid
         if self.haproxy is not None and self.haproxy.pid:
             pids["haproxy"] = self.haproxy.pid
-        mariadb = findProcess("mariadbd") if self.database is not None else None
+        mariadb = self.databasePid()
         if mariadb:
             pids["mariadbd"] = mariadb
         return pids
+
+    def databasePid(self) -> Optional[int]:
+        """
+        The pid of the MariaDB server holding our database, from its own
+        C{@@pid_file}: other sessions on the machine may run private
+        mariadbd processes too, so the name alone does not tell.
+        """
+        if self.database is None:
+            return None
+        if not hasattr(self, "_databasePid"):
+            self._databasePid: Optional[int] = None
+            try:
+                pidFile = self.database.query("SELECT @@pid_file")[0][0]
+                self._databasePid = int(Path(pidFile).read_text().split()[0])
+            except Exception:
+                self._databasePid = findProcess("mariadbd")
+        return self._databasePid
 
     def problems(self) -> list[str]:
         found = []
@@ -225,10 +242,10 @@ def readRSS(pid: int) -> int:
     raise ValueError(f"no VmRSS for {pid}")
 
 
-def cpuSeconds(pid: int) -> float:
-    """User plus system CPU time of C{pid} (all its threads), in seconds."""
+def cpuSeconds(pid: int) -> Optional[float]:
+    """User plus system CPU time of C{pid} (all its threads), in seconds; None if gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
+        return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

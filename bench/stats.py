@@ -88,7 +88,7 @@ class CpuMeter:
     """
 
     pids: Mapping[str, int]
-    _start: dict[str, float] = field(default_factory=dict)
+    _start: dict[str, Optional[float]] = field(default_factory=dict)
     _wall: float = 0.0
     _machine: tuple[int, int, int] = (0, 0, 0)
 
@@ -104,8 +104,11 @@ class CpuMeter:
         the divisor, for a measurement whose first part was an idle lead-in.
         """
         wall = max(1e-9, wall if wall is not None else time.monotonic() - self._wall)
-        out = {name: round(100.0 * (cpuSeconds(pid) - self._start[name]) / wall, 1)
-               for name, pid in self.pids.items()}
+        out = {}
+        for name, pid in self.pids.items():
+            before, after = self._start[name], cpuSeconds(pid)
+            if before is not None and after is not None and after >= before:
+                out[name] = round(100.0 * (after - before) / wall, 1)
         busy, steal, total = (b - a for a, b in zip(self._machine, machineTicks()))
         if total > 0:
             ticks = os.sysconf("SC_CLK_TCK")
