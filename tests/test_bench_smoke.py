@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,7 @@ class BenchSmokeTests(unittest.SynchronousTestCase):
         the generator use source addresses 127.0.0.2 and up as well.
         """
         directory = Path(tempfile.mkdtemp(prefix="chat-bench-smoke-"))
-        self.addCleanup(lambda: __import__("shutil").rmtree(directory, ignore_errors=True))
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
         out = directory / "report.md"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
