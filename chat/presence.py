@@ -80,17 +80,19 @@ class Presence(Service):
         self._renewals += 1
         purge = (chat.leaseSeconds if self._renewals % PURGE_EVERY == 0
                  and chat.leasesTrusted else None)
-        before = dict(chat.sessions)
+        localCount = len(chat.sessions)
         d = chat.store.renewLease(chat.nodeId, purge)
 
-        def renewed(owned: set[int]) -> None:
+        def renewed(count: int) -> Optional[Deferred]:
             if self._failing:
                 self._log.info("lease renewed again")
                 self._failing = False
             chat.leasesTrusted = self._lastFailure is None or (
                 self._reactor.seconds() - self._lastFailure
                 >= chat.leaseSeconds)
-            chat.checkOwnership(before, owned)
+            if count == localCount == len(chat.sessions):
+                return None
+            return self._checkOwnership()
 
         def failed(failure: object) -> None:
             self._lastFailure = self._reactor.seconds()
@@ -101,3 +103,20 @@ class Presence(Service):
                 self._failing = True
 
         return d.addCallbacks(renewed, failed)
+
+    def _checkOwnership(self) -> Deferred:
+        """
+        Compare this node's sessions with what the database holds for it,
+        and close those another node took over.
+
+        Every local session has its row, so as long as the database counts
+        as many rows for this node as there are local sessions, none was
+        taken over and the renewal skips this: with thousands of sessions,
+        reading and comparing them all every second would stall every
+        connection for milliseconds.  (A takeover hidden by a login or
+        logout in flight shows at a later renewal.)
+        """
+        chat = self._chat
+        before = dict(chat.sessions)
+        return chat.store.sessionsOn(chat.nodeId).addCallback(
+            lambda owned: chat.checkOwnership(before, owned))

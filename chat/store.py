@@ -240,6 +240,8 @@ class Store:
             "releaseSession": q(
                 "DELETE FROM sessions WHERE user_id = ? AND node_id = ?"),
             "sessionsOn": q("SELECT user_id FROM sessions WHERE node_id = ?"),
+            "countSessionsOn": q(
+                "SELECT COUNT(*) FROM sessions WHERE node_id = ?"),
             "clearSessionsOn": q("DELETE FROM sessions WHERE node_id = ?"),
             "forgetNode": q("DELETE FROM nodes WHERE node_id = ?"),
             "addNode": q(
@@ -542,22 +544,27 @@ class Store:
 
     def renewLease(self, nodeId: str, purgeAfter: Optional[float]) -> Deferred:
         """
-        Renew this node's lease and fire with the set of user ids whose
-        sessions the database says this node holds.  With C{purgeAfter},
-        also end the sessions of nodes silent for that many seconds.
+        Renew this node's lease and fire with the number of sessions the
+        database says this node holds.  With C{purgeAfter}, also end the
+        sessions of nodes silent for that many seconds.
         """
         sql = self._sql
 
-        def interaction(cursor: Any) -> set[int]:
+        def interaction(cursor: Any) -> int:
             cursor.execute(sql["renewNode"], (nodeId,))
             if cursor.rowcount == 0:
                 cursor.execute(sql["addNode"], (nodeId,))
             if purgeAfter is not None:
                 cursor.execute(sql["purgeDeadSessions"], (purgeAfter,))
-            cursor.execute(sql["sessionsOn"], (nodeId,))
-            return {row[0] for row in cursor.fetchall()}
+            cursor.execute(sql["countSessionsOn"], (nodeId,))
+            return cursor.fetchone()[0]
 
         return self._run(interaction)
+
+    def sessionsOn(self, nodeId: str) -> Deferred:
+        """Fires with the set of user ids whose sessions C{nodeId} holds."""
+        return self._query("sessionsOn", nodeId).addCallback(
+            lambda rows: {row[0] for row in rows})
 
     def stopNode(self, nodeId: str) -> Deferred:
         """A node shutting down cleanly: its sessions and lease go."""

@@ -788,7 +788,8 @@ class TakeoverTests(ServiceTestCase):
         await self.pool.runOperation(
             "UPDATE sessions SET node_id = 'other' WHERE user_id = ?",
             (alice,))
-        owned = await self.store.renewLease(NODE, None)
+        self.assertEqual(await self.store.renewLease(NODE, None), 1)
+        owned = await self.store.sessionsOn(NODE)
         self.assertEqual(owned, {bob})
         self.service.checkOwnership(before, owned)
         self.assertEqual(len(aliceSession.disconnected), 1)
@@ -808,7 +809,7 @@ class TakeoverTests(ServiceTestCase):
         """
         alice = await self.register("alice")
         before = dict(self.service.sessions)
-        owned = await self.store.renewLease(NODE, None)
+        owned = await self.store.sessionsOn(NODE)
         session, _ = await self.login(alice)
         self.service.checkOwnership(before, owned)
         self.assertEqual(session.disconnected, [])
@@ -822,7 +823,7 @@ class TakeoverTests(ServiceTestCase):
         alice = await self.register("alice")
         old, _ = await self.login(alice)
         before = dict(self.service.sessions)
-        owned = await self.store.renewLease(NODE, None)
+        owned = await self.store.sessionsOn(NODE)
         await self.call(old, Logout())
         new, _ = await self.login(alice)
         self.service.checkOwnership(before, set())
