@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 from urllib.parse import urlsplit
 
 import txredisapi
@@ -87,9 +87,13 @@ class _LinkMixin:
         return super().execute_command(  # type: ignore[misc]
             *args, **kwargs)
 
+    def outstanding(self) -> bool:
+        """Whether replies are awaited."""
+        return bool(self.replyQueue.waiting)  # type: ignore[attr-defined]
+
     def isStalled(self, now: float) -> bool:
         """Commands are outstanding and nothing has come for too long."""
-        return bool(self.replyQueue.waiting) and (  # type: ignore
+        return self.outstanding() and (
             now - self.lastProgress > COMMAND_TIMEOUT)
 
     def dataReceived(self, data: bytes, *args: Any) -> None:
@@ -107,15 +111,57 @@ class _LinkMixin:
 
 
 class _Publisher(_LinkMixin, txredisapi.RedisProtocol):
-    """The publishing connection; tells the bus when it is usable."""
+    """
+    The publishing connection; tells the bus when it is usable.
+
+    PUBLISH, the one command of the chat hot path, bypasses txredisapi's
+    per-command machinery (two Deferreds and a DeferredQueue round each):
+    L{publish} writes the command itself and queues a callback.  Replies
+    come back in command order, so one FIFO, C{_order}, says for each
+    reply whether it is a publish's (its callback) or a txredisapi
+    command's (L{None}: handed to txredisapi as usual).
+    """
 
     def connectionMade(self) -> Deferred:
+        self._order: deque[Optional[Callable[[Any], None]]] = deque()
         d = super().connectionMade()
         d.addCallback(lambda _: self.bus._publisherReady(self))
         return d
 
+    def execute_command(self, *args: Any, **kwargs: Any) -> Deferred:
+        self._order.append(None)
+        return super().execute_command(*args, **kwargs)
+
+    def publish(self, channel: bytes, message: bytes,  # type: ignore
+                callback: Callable[[Any], None]) -> None:
+        """
+        Send PUBLISH; C{callback} gets the count, a ResponseError, or a
+        ConnectionError if the link is lost first.
+        """
+        if not self._order:
+            self.lastProgress = self.bus._reactor.seconds()
+        self._order.append(callback)
+        self.transport.write(  # type: ignore[attr-defined]
+            b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+                len(channel), channel, len(message), message))
+
+    def replyReceived(self, reply: Any) -> None:
+        callback = self._order.popleft() if self._order else None
+        if callback is None:
+            super().replyReceived(reply)
+        else:
+            callback(reply)
+
+    def outstanding(self) -> bool:
+        return bool(self._order)
+
     def connectionLost(self, why: Failure) -> None:
         self.bus._connectionLost(self)
+        lost = txredisapi.ConnectionError("Lost connection")
+        order, self._order = self._order, deque()
+        for callback in order:
+            if callback is not None:
+                callback(lost)
         super().connectionLost(why)
 
 
@@ -134,6 +180,22 @@ class _Subscriber(_LinkMixin, txredisapi.SubscriberProtocol):
     def connectionLost(self, why: Failure) -> None:
         self.bus._connectionLost(self)
         super().connectionLost(why)
+
+
+def _published(connection: _Publisher, channel: bytes,
+               message: bytes) -> Deferred:
+    """PUBLISH on C{connection}: fires with the count, or fails."""
+    d: Deferred = Deferred()
+
+    def replied(reply: Any) -> None:
+        if isinstance(reply, int):
+            d.callback(reply)
+        else:
+            d.errback(reply if isinstance(reply, Exception) else
+                      txredisapi.ResponseError(repr(reply)))
+
+    connection.publish(channel, message, replied)
+    return d
 
 
 def _factory(protocol: type, dbid: Optional[int],
@@ -307,7 +369,7 @@ class RedisBus(Service):
                 self._log.warn("Redis link silent for {s} s; reconnecting",
                                s=COMMAND_TIMEOUT)
                 connection.transport.abortConnection()
-            elif not connection.replyQueue.waiting and \
+            elif not connection.outstanding() and \
                     now - connection.lastProgress > PING_SECONDS:
                 self._command(connection, "ping").addErrback(
                     lambda f: None)  # a lost link is reported by itself
@@ -473,7 +535,7 @@ class RedisBus(Service):
                 txredisapi.ConnectionError("Redis is unreachable"))
             return succeed([unreachable] * len(messages))
         batch = DeferredList([
-            self._command(connection, "publish", channel, payload)
+            _published(connection, channel, payload)
             for channel, payload in messages], consumeErrors=True)
 
         def outcomes(results: Any) -> list[PublishOutcome]:
@@ -492,10 +554,10 @@ class RedisBus(Service):
             return fail(txredisapi.ConnectionError("Redis is unreachable"))
         message = self._frame(event)
 
-        def remember(count: Any) -> Any:
-            if isinstance(count, int) and count > 0:
+        def remember(count: int) -> int:
+            if count > 0:
                 self._remember(userId, message)
             return count
 
-        return self._command(connection, "publish", channelOf(userId),
-                             message).addCallback(remember)
+        return _published(connection, channelOf(userId), message).addCallback(
+            remember)
