@@ -57,39 +57,46 @@ def jsonRequest(client: LineClient, request: dict, events: list[str],
             return reply
 
 
-def collectText(client: LineClient, events: list[str],
-                done: Callable[[], bool], timeout: float) -> None:
-    """Read chat events into C{events} until C{done()} or C{timeout}."""
+def _collect(client: LineClient, events: list[str],
+             done: Callable[[], bool], timeout: float,
+             read: Callable[[float], Any],
+             texts: Callable[[Any], list[str]]) -> None:
+    """
+    Read chat events into C{events} until C{done()} or C{timeout}: C{read}
+    waits up to the given seconds for one line (a timeout is an
+    AssertionError), C{texts} returns the chat texts it carries.
+    """
     deadline = time.monotonic() + timeout
     while not done():
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return
         try:
-            line = client.readText(min(remaining, 0.5))
+            line = read(min(remaining, 0.5))
         except AssertionError:
             if client.closed:
                 raise
             continue
-        events.extend(textEventTexts([line]))
+        events.extend(texts(line))
+
+
+def collectText(client: LineClient, events: list[str],
+                done: Callable[[], bool], timeout: float) -> None:
+    """L{_collect} from a text-dialect client (MSG and GROUPMSG lines)."""
+    _collect(client, events, done, timeout, client.readText,
+             lambda line: textEventTexts([line]))
+
+
+def _chatText(event: dict[str, Any]) -> list[str]:
+    if event.get("msgid") not in (6, 10):
+        raise AssertionError(f"not a chat event: {event!r}")
+    return [event["msg"]]
 
 
 def collectJSON(client: LineClient, events: list[str],
                 done: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        try:
-            event = client.readJSON(min(remaining, 0.5))
-        except AssertionError:
-            if client.closed:
-                raise
-            continue
-        if event.get("msgid") not in (6, 10):
-            raise AssertionError(f"not a chat event: {event!r}")
-        events.append(event["msg"])
+    """L{_collect} from a JSON client (msgid 6 and 10 events only)."""
+    _collect(client, events, done, timeout, client.readJSON, _chatText)
 
 
 def hasAll(events: list[str], prefix: str, count: int) -> Callable[[], bool]:
