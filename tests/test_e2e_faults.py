@@ -133,19 +133,25 @@ class Burst:
         return deliveries
 
     def check(self, received: list[int], deliveries: dict[int, str]) -> None:
+        """L{checkCounts} for this burst."""
+        self.checkCounts(self.testCase, self.count, received, deliveries)
+
+    @staticmethod
+    def checkCounts(testCase: Any, count: int, received: list[int],
+                    deliveries: dict[int, str]) -> None:
         """
-        None lost; and a copy twice only of a message whose sender stored
-        it after a publish with an unknown outcome (ACK "offline"), the
-        rare duplicate PROTOCOL.md 5 allows.  One that a server took
-        (ACK "online") arrives exactly once.
+        None of C{count} lost; and a copy twice only of a message whose
+        sender stored it after a publish with an unknown outcome (ACK
+        "offline"), the rare duplicate PROTOCOL.md 5 allows.  One that a
+        server took (ACK "online") arrives exactly once.
         """
         counts: dict[int, int] = {}
         for s in received:
             counts[s] = counts.get(s, 0) + 1
-        lost = sorted(set(range(self.count)) - set(counts))
+        lost = sorted(set(range(count)) - set(counts))
         badTwice = sorted(s for s, n in counts.items()
                           if n > 2 or (n == 2 and deliveries[s] != "offline"))
-        self.testCase.assertEqual(
+        testCase.assertEqual(
             (lost, badTwice), ([], []),
             "lost; delivered twice though taken once (ACKs of the lost: "
             f"{[deliveries[s] for s in lost]})")
@@ -377,11 +383,15 @@ class RedisRestartTests(ClusterMixin, unittest.SynchronousTestCase):
         self.assertEqual(self.db.query(
             "SELECT COUNT(*) FROM offline_messages"), [(0,)])
 
-    def test_redisRestartDuringBurst(self) -> None:
+    def burstThroughRedisFault(
+            self, breakRedis: Callable[[], None]) -> tuple[list[int],
+                                                           dict[int, str]]:
         """
-        Redis is stopped and started again while 2000 messages from Alice
-        on node 1 to Bob on node 2 are in flight: each one reaches Bob,
-        still logged in, without a new login.
+        Alice on node 1 pipelines 2000 numbered messages to Bob on node 2;
+        once 50 have arrived, C{breakRedis()} and Redis is started again.
+        Bob, still logged in, collects until every number has come (or the
+        recovery time is up).  Returns the numbers Bob received and each
+        message's ACK delivery.
         """
         alice, bob = self.nodes[0].client(), self.nodes[1].client()
         jsonRegisterLogin(self, alice, "alice")
@@ -389,16 +399,24 @@ class RedisRestartTests(ClusterMixin, unittest.SynchronousTestCase):
         burst = Burst(self, alice, bobId, 2000)
         received: list[str] = []
         collectJSON(bob, received, lambda: len(received) >= 50, 10)
-        self.redis.stop()
+        breakRedis()
         self.redis.start()
         deliveries = burst.acks()
-        self.assertGreater(list(deliveries.values()).count("offline"), 0,
-                           "Redis stopped after the burst, not during it")
         collectJSON(bob, received, hasAll(received, "seq", 2000),
                     RECOVERY_SECONDS)
         bob.expectNothing(0.5)
-        burst.check(seqsOf(received, "seq"), deliveries)
+        return seqsOf(received, "seq"), deliveries
 
+    def test_redisRestartDuringBurst(self) -> None:
+        """
+        Redis is stopped and started again while 2000 messages from Alice
+        on node 1 to Bob on node 2 are in flight: each one reaches Bob,
+        still logged in, without a new login.
+        """
+        seqs, deliveries = self.burstThroughRedisFault(self.redis.stop)
+        self.assertGreater(list(deliveries.values()).count("offline"), 0,
+                           "Redis stopped after the burst, not during it")
+        Burst.checkCounts(self, 2000, seqs, deliveries)
 
     def test_redisKilledDuringBurst(self) -> None:
         """
@@ -410,19 +428,7 @@ class RedisRestartTests(ClusterMixin, unittest.SynchronousTestCase):
         the stored copies of those it did receive.  None is lost, and only
         a message whose sender stored it may arrive twice.
         """
-        alice, bob = self.nodes[0].client(), self.nodes[1].client()
-        jsonRegisterLogin(self, alice, "alice")
-        bobId = jsonRegisterLogin(self, bob, "bob")
-        burst = Burst(self, alice, bobId, 2000)
-        received: list[str] = []
-        collectJSON(bob, received, lambda: len(received) >= 50, 10)
-        self.redis.kill()
-        self.redis.start()
-        burst.acks()  # every message was answered, each ACK well formed
-        collectJSON(bob, received, hasAll(received, "seq", 2000),
-                    RECOVERY_SECONDS)
-        bob.expectNothing(0.5)
-        seqs = seqsOf(received, "seq")
+        seqs, _ = self.burstThroughRedisFault(self.redis.kill)
         self.assertEqual(sorted(set(range(2000)) - set(seqs)), [], "lost")
         self.assertEqual(
             [n for n in set(seqs) if seqs.count(n) > 2], [],
