@@ -253,13 +253,6 @@ class Store:
                 f" SELECT node_id FROM nodes WHERE last_seen >= {now} - ?)"),
         }
 
-    @property
-    def dialectName(self) -> str:
-        return self._dialect.name
-
-    def close(self) -> None:
-        self._pool.close()
-
     # Running statements -------------------------------------------------
 
     def _run(self, interaction: Callable[..., Any], *args: Any) -> Deferred:
