@@ -14,7 +14,7 @@ from typing import Any, Callable
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chat.errors import Unavailable
+from chat.core.errors import Unavailable
 
 
 def logFailure(log: Logger, format: str,

@@ -21,12 +21,12 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 
-from chat.bus import IMessageBus, LocalBus
+from chat.cluster.bus import IMessageBus, LocalBus
 from chat.passwords import DEFAULT_MEMORY_KIB, DEFAULT_TIME_COST, Passwords
-from chat.presence import Presence
-from chat.protocol import ChatFactory
-from chat.service import DEFAULT_LEASE_SECONDS, ChatService
-from chat.store import BadDatabaseURL, Store, openPool
+from chat.cluster.presence import Presence
+from chat.server.protocol import ChatFactory
+from chat.server.service import DEFAULT_LEASE_SECONDS, ChatService
+from chat.storage.store import BadDatabaseURL, Store, openPool
 
 
 def _positive(option: str, kind: type = int) -> Any:
@@ -166,7 +166,7 @@ class ChatListener(Service):
 def makeBus(options: Options) -> IMessageBus:
     if options["redis"] is None:
         return LocalBus()
-    from chat.redisbus import RedisBus
+    from chat.cluster.redisbus import RedisBus
 
     return RedisBus.fromURL(options["redis"], _reactor)
 

@@ -12,14 +12,14 @@ from typing import Any
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from chat import rules
-from chat.dialect import IDialect, Rejected
-from chat.errors import NotFound
-from chat.jsondialect import CLASSIC, JSON
-from chat.messages import (
+from chat.core import rules
+from chat.wire.dialect import IDialect, Rejected
+from chat.core.errors import NotFound
+from chat.wire.jsondialect import CLASSIC, JSON
+from chat.core.messages import (
     ChatEvent, Chat, CreateGroup, GroupChat, Register,
 )
-from chat.textdialect import TEXT
+from chat.wire.textdialect import TEXT
 
 SETTINGS = settings(max_examples=200, deadline=None)
 

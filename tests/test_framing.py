@@ -1,5 +1,5 @@
 """
-Tests for L{chat.framing.MessageSplitter}: where a client message ends
+Tests for L{chat.wire.framing.MessageSplitter}: where a client message ends
 (LF or NUL, a CR before either dropped) and when it is too long
 (PROTOCOL.md 1).
 """
@@ -10,7 +10,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from chat.framing import MessageSplitter, MessageTooLong
+from chat.wire.framing import MessageSplitter, MessageTooLong
 
 
 def split(splitter: MessageSplitter, *chunks: bytes) -> list[tuple[bytes, bool]]:

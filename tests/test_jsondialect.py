@@ -1,5 +1,5 @@
 """
-Tests for L{chat.jsondialect}: the JSON dialect, wire-compatible with the
+Tests for L{chat.wire.jsondialect}: the JSON dialect, wire-compatible with the
 classic C++ cluster chat server (PROTOCOL.md 3).
 """
 
@@ -10,15 +10,15 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from chat import rules
-from chat.dialect import Rejected
-from chat.errors import (
+from chat.core import rules
+from chat.wire.dialect import Rejected
+from chat.core.errors import (
     AccountInUse, AlreadyLoggedIn, BadRequest, ChatError, Conflict,
     Forbidden, InvalidValue, LineTooLong, NameTaken, NotFound, NotLoggedIn,
     RateLimited, Unavailable, WrongCredentials,
 )
-from chat.jsondialect import CLASSIC, JSON, JSONDialect
-from chat.messages import (
+from chat.wire.jsondialect import CLASSIC, JSON, JSONDialect
+from chat.core.messages import (
     AddFriend, AddGroup, Chat, ChatEvent, ChatSent, CreateGroup, Friend,
     FriendAdded, FriendList, Friends, Group, GroupChat, GroupChatSent,
     GroupCreated, GroupJoined, GroupList, Groups, LoggedIn, LoggedOut, Login,

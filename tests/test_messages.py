@@ -1,10 +1,10 @@
 """
-Tests for L{chat.messages}: the values shared by dialects, service and bus.
+Tests for L{chat.core.messages}: the values shared by dialects, service and bus.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from chat.messages import ChatEvent, Login, Register
+from chat.core.messages import ChatEvent, Login, Register
 
 
 class PasswordReprTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{chat.presence.Presence}: the node's lease renewal and the
+Tests for L{chat.cluster.presence.Presence}: the node's lease renewal and the
 ownership check that comes with it (DESIGN.md 4).
 
 The renewal loop runs on a L{Clock}, so the test decides when a renewal
@@ -15,8 +15,8 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 
-from chat.errors import Unavailable
-from chat.presence import PURGE_EVERY, Presence
+from chat.core.errors import Unavailable
+from chat.cluster.presence import PURGE_EVERY, Presence
 from tests.test_service import NODE, ServiceTestCase
 
 
@@ -29,7 +29,7 @@ class PresenceTests(ServiceTestCase):
         self.presence = Presence(self.service, self.clock, interval=1.0)
         self.logged: list[dict[str, Any]] = []
         self.presence._log = Logger(  # type: ignore[misc]
-            namespace="chat.presence", observer=self.logged.append)
+            namespace="chat.cluster.presence", observer=self.logged.append)
         self.checks: list[tuple[dict[int, Any], set[int]]] = []
         check = self.service.checkOwnership
 

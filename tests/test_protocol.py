@@ -1,5 +1,5 @@
 """
-Tests for L{chat.protocol.ChatProtocol}: framing on a real connection
+Tests for L{chat.server.protocol.ChatProtocol}: framing on a real connection
 object, the choice of dialect, the order of replies, the holding of events
 during a login, and what happens on errors (PROTOCOL.md 1, 2, 3.2, 4).
 
@@ -18,14 +18,14 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from chat.errors import (
+from chat.core.errors import (
     AccountInUse, Forbidden, NotFound, NotLoggedIn,
 )
-from chat.messages import (
+from chat.core.messages import (
     Chat, ChatEvent, ChatSent, CreateGroup, Friend, GroupCreated, LoggedIn,
     LoggedOut, Login, Logout, Ping, Pong, Register, Registered, Request,
 )
-from chat.protocol import ChatFactory, ChatProtocol
+from chat.server.protocol import ChatFactory, ChatProtocol
 
 MAX = 64
 """The --max-line of the protocols under test: small, to test the limit."""

@@ -8,8 +8,8 @@ test_e2e_faults.)
 import txredisapi
 from twisted.trial.unittest import SynchronousTestCase
 
-from chat.redisbus import RECENT_SECONDS, SUSPECT_SECONDS, SeenMessages
-from chat.resp import RESPReader
+from chat.cluster.redisbus import RECENT_SECONDS, SUSPECT_SECONDS, SeenMessages
+from chat.cluster.resp import RESPReader
 
 STREAM = (b"*3\r\n$7\r\nmessage\r\n$11\r\nchat:user:7\r\n$5\r\nhello\r\n"
           b":5\r\n+OK\r\n-ERR wrong\r\n*2\r\n$4\r\npong\r\n$0\r\n\r\n$-1\r\n")

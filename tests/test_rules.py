@@ -1,5 +1,5 @@
 """
-Tests for L{chat.rules}: what names, passwords, descriptions and texts may
+Tests for L{chat.core.rules}: what names, passwords, descriptions and texts may
 hold (PROTOCOL.md 3.3).
 """
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from chat import rules
-from chat.errors import BadRequest, InvalidValue
+from chat.core import rules
+from chat.core.errors import BadRequest, InvalidValue
 
 
 class UserNameTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{chat.service.ChatService}: the business rules and the routing
+Tests for L{chat.server.service.ChatService}: the business rules and the routing
 of DESIGN.md section 3, over a real L{Store} on a temporary SQLite file and
 an in-process L{LocalBus}.
 
@@ -20,22 +20,22 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from chat.bus import LocalBus
-from chat.errors import (
+from chat.cluster.bus import LocalBus
+from chat.core.errors import (
     AccountInUse, AlreadyLoggedIn, ChatError, Conflict, Forbidden,
     InvalidValue, NameTaken, NotFound, NotLoggedIn, WrongCredentials,
 )
-from chat.messages import (
+from chat.core.messages import (
     AddFriend, AddGroup, Chat, ChatEvent, ChatSent, CreateGroup, Friend,
     FriendAdded, FriendList, Friends, Group, GroupChat, GroupChatSent,
     GroupCreated, GroupJoined, GroupList, Groups, LoggedIn, LoggedOut, Login,
     Logout, Member, Ping, Pong, Register, Registered, Request,
 )
 from chat.passwords import Passwords
-from chat.protocol import ChatFactory
-from chat.rules import MAX_ID
-from chat.service import ChatService
-from chat.store import Store, openPool
+from chat.server.protocol import ChatFactory
+from chat.core.rules import MAX_ID
+from chat.server.service import ChatService
+from chat.storage.store import Store, openPool
 
 NODE = "node-test"
 TIME = "2024-01-01 12:00:00"

@@ -1,5 +1,5 @@
 """
-Tests for L{chat.textdialect}: the text dialect for telnet and nc
+Tests for L{chat.wire.textdialect}: the text dialect for telnet and nc
 (PROTOCOL.md 4).
 """
 
@@ -10,20 +10,20 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from chat import rules
-from chat.dialect import Rejected
-from chat.errors import (
+from chat.core import rules
+from chat.wire.dialect import Rejected
+from chat.core.errors import (
     AccountInUse, AlreadyLoggedIn, BadRequest, ChatError, Forbidden,
     InvalidValue, LineTooLong, NameTaken, NotFound, NotLoggedIn, RateLimited,
     Unavailable, WrongCredentials,
 )
-from chat.messages import (
+from chat.core.messages import (
     AddFriend, AddGroup, Bye, Chat, ChatEvent, ChatSent, CreateGroup, Friend,
     FriendAdded, FriendList, Friends, Group, GroupChat, GroupChatSent,
     GroupCreated, GroupJoined, GroupList, Groups, Help, HelpText, LoggedIn,
     LoggedOut, Login, Logout, Member, Ping, Pong, Quit, Register, Registered,
 )
-from chat.textdialect import TEXT
+from chat.wire.textdialect import TEXT
 
 
 def lines(data: bytes) -> list[str]:

@@ -4,7 +4,7 @@ Who is online where: this node's lease and the ownership of its sessions.
 Each node renews a lease (a row in the C{nodes} table, stamped by the
 database clock) about every second.  A login that finds its user "online"
 on a node whose lease has expired takes the session over (see
-L{chat.store.Store.claimSession}).  The lease lives in the database rather
+L{chat.storage.store.Store.claimSession}).  The lease lives in the database rather
 than in Redis because Redis here keeps nothing on disk: after a Redis
 restart every lease would vanish at once and logins would take over the
 sessions of live nodes.  And while the database is unreachable, no login
@@ -31,7 +31,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from chat.logs import logFailure
-from chat.service import ChatService
+from chat.server.service import ChatService
 
 RENEW_SECONDS = 1.0
 PURGE_EVERY = 5

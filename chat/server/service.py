@@ -21,21 +21,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
-from chat.bus import IBusReceiver, IMessageBus
-from chat.errors import (
+from chat.cluster.bus import IBusReceiver, IMessageBus
+from chat.core.errors import (
     AccountInUse, AlreadyLoggedIn, Forbidden, InvalidValue, NotFound,
     NotLoggedIn, Unavailable, WrongCredentials,
 )
 from chat.logs import logFailure
-from chat.messages import (
+from chat.core.messages import (
     ANONYMOUS_REQUESTS, AddFriend, AddGroup, Chat, ChatEvent, ChatSent,
     CreateGroup, FriendAdded, FriendList, Friends, GroupChat, GroupChatSent,
     GroupCreated, GroupJoined, GroupList, Groups, LoggedIn, LoggedOut, Login,
     Logout, Ping, Pong, Register, Registered, Reply, Request, UserRef,
 )
 from chat.passwords import Passwords
-from chat.rules import MAX_ID
-from chat.store import Store
+from chat.core.rules import MAX_ID
+from chat.storage.store import Store
 
 DEFAULT_LEASE_SECONDS = 10.0
 NO_TAKEOVER_LEASE = 1e12
@@ -155,7 +155,7 @@ class ChatService:
         self.leaseSeconds = leaseSeconds
         self.leasesTrusted = True
         """Whether an expired lease proves its node dead; see
-        L{chat.presence.Presence}, which clears it after a database outage."""
+        L{chat.cluster.presence.Presence}, which clears it after a database outage."""
         self.sessions: dict[int, Any] = {}
         self._draining: dict[int, _Drain] = {}
         self.users = KnownUsers()

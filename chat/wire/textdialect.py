@@ -16,10 +16,10 @@ from typing import Any, Callable, Optional
 import attrs
 from zope.interface import implementer
 
-from chat import rules
-from chat.dialect import Decoded, IDialect, Rejected
-from chat.errors import BadRequest, ChatError
-from chat.messages import (
+from chat.core import rules
+from chat.wire.dialect import Decoded, IDialect, Rejected
+from chat.core.errors import BadRequest, ChatError
+from chat.core.messages import (
     AddFriend, AddGroup, Bye, Chat, ChatEvent, ChatSent, CreateGroup,
     FriendAdded, FriendList, Friends, GroupChat, GroupChatSent, GroupCreated,
     GroupJoined, GroupList, Groups, Help, HelpText, LoggedIn, LoggedOut,

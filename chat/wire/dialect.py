@@ -1,6 +1,6 @@
 """
 What a dialect is: the pure translation between one connection's bytes and
-the values of L{chat.messages}.
+the values of L{chat.core.messages}.
 
 A dialect never does I/O.  The protocol hands it a complete client message
 (terminator removed) and writes whatever bytes it returns.
@@ -13,8 +13,8 @@ from typing import Any, Optional, Union
 import attrs
 from zope.interface import Interface
 
-from chat.errors import ChatError
-from chat.messages import ChatEvent, Reply, Request
+from chat.core.errors import ChatError
+from chat.core.messages import ChatEvent, Reply, Request
 
 
 @attrs.frozen

@@ -15,13 +15,13 @@ from typing import Any, Callable, Optional
 import orjson
 from zope.interface import implementer
 
-from chat import rules
-from chat.dialect import Decoded, IDialect, Rejected
-from chat.errors import (
+from chat.core import rules
+from chat.wire.dialect import Decoded, IDialect, Rejected
+from chat.core.errors import (
     AccountInUse, AlreadyLoggedIn, BadRequest, ChatError, InvalidValue,
     NameTaken, Unavailable, WrongCredentials,
 )
-from chat.messages import (
+from chat.core.messages import (
     AddFriend, AddGroup, Chat, ChatEvent, ChatSent, CreateGroup, Friend,
     FriendAdded, FriendList, Friends, Group, GroupChat, GroupChatSent,
     GroupCreated, GroupJoined, GroupList, Groups, LoggedIn, LoggedOut, Login,

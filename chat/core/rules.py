@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from chat.errors import InvalidValue
+from chat.core.errors import InvalidValue
 
 MAX_USER_NAME = 32
 MAX_GROUP_NAME = 50

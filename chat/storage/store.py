@@ -23,12 +23,12 @@ from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chat.errors import Conflict, NameTaken, Unavailable
-from chat.messages import Friend, Group, Member
+from chat.core.errors import Conflict, NameTaken, Unavailable
+from chat.core.messages import Friend, Group, Member
 
 _log = Logger()
 
-SCHEMA_DIR = __file__.rsplit("/", 1)[0] + "/schema"
+SCHEMA_DIR = __file__.rsplit("/", 2)[0] + "/schema"
 
 
 @attrs.frozen

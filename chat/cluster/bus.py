@@ -10,7 +10,7 @@ logout in flight), and the sender then stores the message instead.  A
 messages.
 
 One process needs no broker: L{LocalBus} is the in-process bus.  The Redis
-bus lives in L{chat.redisbus}.
+bus lives in L{chat.cluster.redisbus}.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from chat.messages import ChatEvent
+from chat.core.messages import ChatEvent
 
 PublishOutcome = Union[int, Failure]
 """How many servers took a message, or why publishing failed."""

@@ -5,7 +5,7 @@ Each user has a channel, C{chat:user:<id>}, as in the classic server; the
 node holding the user's session subscribes to it.  A message is the
 classic JSON event; a poke is the word C{poke}.  PUBLISH answers how many
 subscribers got the message, which is what the service needs to know
-(see L{chat.bus}).
+(see L{chat.cluster.bus}).
 
 txredisapi does not resubscribe by itself and waits forever for a reply
 while Redis is down, so this module:
@@ -44,9 +44,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chat.bus import IBusReceiver, IMessageBus, PublishOutcome
-from chat.messages import ChatEvent
-from chat.resp import RESPReader
+from chat.cluster.bus import IBusReceiver, IMessageBus, PublishOutcome
+from chat.core.messages import ChatEvent
+from chat.cluster.resp import RESPReader
 
 COMMAND_TIMEOUT = 2.0
 PING_SECONDS = 2.0

@@ -18,16 +18,16 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chat.dialect import IDialect, Rejected
-from chat.errors import ChatError, LineTooLong, Unavailable
-from chat.framing import MessageSplitter, MessageTooLong
-from chat.jsondialect import CLASSIC, JSON
+from chat.wire.dialect import IDialect, Rejected
+from chat.core.errors import ChatError, LineTooLong, Unavailable
+from chat.wire.framing import MessageSplitter, MessageTooLong
+from chat.wire.jsondialect import CLASSIC, JSON
 from chat.logs import logFailure
-from chat.messages import (
+from chat.core.messages import (
     Bye, ChatEvent, Help, HelpText, LoggedIn, Login, Quit, Reply, Request,
 )
-from chat.service import ChatService
-from chat.textdialect import TEXT
+from chat.server.service import ChatService
+from chat.wire.textdialect import TEXT
 
 _BLANK = b" \t"
 _PAUSE_AT = 64
