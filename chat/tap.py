@@ -21,12 +21,14 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 
-from chat.cluster.bus import IMessageBus, LocalBus
+from chat.cluster.bus import IMessageBus
+from chat.cluster.localbus import LocalBus
+from chat.cluster.presence import DEFAULT_LEASE_SECONDS, Lease, Presence
 from chat.passwords import DEFAULT_MEMORY_KIB, DEFAULT_TIME_COST, Passwords
-from chat.cluster.presence import Presence
 from chat.server.protocol import ChatFactory
-from chat.server.service import DEFAULT_LEASE_SECONDS, ChatService
-from chat.storage.store import BadDatabaseURL, Store, openPool
+from chat.server.service import ChatService
+from chat.storage.pool import BadDatabaseURL, openDatabase
+from chat.storage.store import Store
 
 
 def _positive(option: str, kind: type = int) -> Any:
@@ -166,17 +168,17 @@ class ChatListener(Service):
 def makeBus(options: Options) -> IMessageBus:
     if options["redis"] is None:
         return LocalBus()
-    from chat.cluster.redisbus import RedisBus
+    from chat.cluster.redisbus import RedisBus  # txredisapi only when used
 
     return RedisBus.fromURL(options["redis"], _reactor)
 
 
 def makeService(options: Options) -> IService:
     try:
-        pool, dialect = openPool(options["db"])
+        database = openDatabase(options["db"])
     except BadDatabaseURL as e:
         raise SystemExit(f"chat: bad --db: {e}")
-    store = Store(pool, dialect)
+    store = Store(database)
     try:
         store.prepare(options["node-id"])
     except Exception as e:
@@ -185,12 +187,13 @@ def makeService(options: Options) -> IService:
     bus = makeBus(options)
     passwords = Passwords(options["password-time"],
                           options["password-memory"])
-    chat = ChatService(store, bus, passwords, options["node-id"],
-                       leaseSeconds=options["lease"])
+    lease = Lease(options["lease"])
+    chat = ChatService(store, bus, passwords, options["node-id"], lease)
     top = MultiService()
     if IService.providedBy(bus):
         bus.setServiceParent(top)
-    Presence(chat, _reactor).setServiceParent(top)
+    Presence(store, options["node-id"], lease, chat.sessions,
+             _reactor).setServiceParent(top)
     ChatListener(options["port"], ChatFactory(
         chat, options["max-line"])).setServiceParent(top)
     return top

@@ -1,4 +1,5 @@
--- The chat schema for MySQL/MariaDB: schema/sqlite.sql translated.
+-- The chat schema for MySQL/MariaDB: schema/sqlite.sql translated (its
+-- comments say what each table and column is for).
 -- InnoDB for transactions and row locks; utf8mb4 for every character;
 -- names use utf8mb4_bin, because the default collations treat "Alice" and
 -- "alice" (and many emoji) as equal, and names compare exactly.
@@ -35,6 +36,7 @@ CREATE TABLE IF NOT EXISTS group_members (
 CREATE TABLE IF NOT EXISTS offline_messages (
     id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
     user_id BIGINT NOT NULL,
+    msg_id VARCHAR(40) CHARACTER SET ascii NULL,
     payload MEDIUMTEXT NOT NULL,
     KEY offline_messages_by_user (user_id, id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -34,10 +34,14 @@ CREATE INDEX IF NOT EXISTS group_members_by_user
     ON group_members (user_id, group_id);
 
 -- Messages waiting for their recipient's next login; id gives the order.
--- payload is the classic JSON event exactly as it would have been pushed.
+-- payload is the classic JSON event exactly as it would have been pushed;
+-- msg_id is the message's identity in the cluster (NULL for one that was
+-- stored by the node that accepted it and never left it), so that a copy
+-- stored because its delivery was uncertain is recognised at the drain.
 CREATE TABLE IF NOT EXISTS offline_messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id INTEGER NOT NULL,
+    msg_id TEXT,
     payload TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS offline_messages_by_user

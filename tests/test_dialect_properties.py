@@ -211,7 +211,7 @@ def checkRulesHold(request: Any) -> None:
     elif isinstance(request, Register):
         rules.checkUserName(request.name)
         rules.checkPassword(request.password)
-    for name in ["to", "friend", "group_id", "claimed_id", "user"]:
+    for name in ["to", "friend", "groupId", "claimedId", "user"]:
         value = getattr(request, name, None)
         if type(value) is int:
             assert value <= rules.MAX_ID + 1, request
@@ -236,7 +236,7 @@ times = st.datetimes().map(lambda t: t.strftime("%Y-%m-%d %H:%M:%S"))
 events = st.builds(
     lambda sender, name, text, time, target, group: ChatEvent(
         sender, name, text, time,
-        to_id=None if group else target, group_id=target if group else None),
+        toId=None if group else target, groupId=target if group else None),
     ids, userNames, chatTexts, times, ids, st.booleans())
 
 
@@ -262,17 +262,17 @@ class EventRoundTripTests(SynchronousTestCase):
         self.assertNotIn(b"\r", data)
         again = ChatEvent.fromJSON(data)
         self.assertEqual(
-            (again.sender_id, again.sender_name, again.text, again.time,
-             again.to_id, again.group_id),
-            (event.sender_id, event.sender_name, event.text, event.time,
-             event.to_id, event.group_id))
-        rebuilt = ChatEvent(again.sender_id, again.sender_name, again.text,
-                            again.time, to_id=again.to_id,
-                            group_id=again.group_id)
+            (again.senderId, again.senderName, again.text, again.time,
+             again.toId, again.groupId),
+            (event.senderId, event.senderName, event.text, event.time,
+             event.toId, event.groupId))
+        rebuilt = ChatEvent(again.senderId, again.senderName, again.text,
+                            again.time, toId=again.toId,
+                            groupId=again.groupId)
         self.assertEqual(rebuilt.toJSON(), data)
         self.assertEqual(JSON.encodeEvent(event), data + b"\n")
         obj = json.loads(data)
-        self.assertEqual(obj["msgid"], 6 if event.group_id is None else 10)
+        self.assertEqual(obj["msgid"], 6 if event.groupId is None else 10)
 
     @SETTINGS
     @given(events)
@@ -286,6 +286,6 @@ class EventRoundTripTests(SynchronousTestCase):
         self.assertEqual(data.count(b"\n"), 1)
         self.assertEqual(data.count(b"\r"), 1)
         line = data.decode("utf-8")[:-2]
-        keyword = "MSG" if event.group_id is None else "GROUPMSG"
+        keyword = "MSG" if event.groupId is None else "GROUPMSG"
         self.assertTrue(line.startswith(keyword + " " + event.time + " "))
-        self.assertTrue(line.endswith(f" {event.sender_name}: {event.text}"))
+        self.assertTrue(line.endswith(f" {event.senderName}: {event.text}"))

@@ -509,8 +509,8 @@ def event(text: str = "hi", group: bool = False) -> ChatEvent:
     """A chat event from user 22, alice1."""
     if group:
         return ChatEvent(22, "alice1", text, "2024-01-01 12:00:02",
-                         group_id=2)
-    return ChatEvent(22, "alice1", text, "2024-01-01 12:00:00", to_id=23)
+                         groupId=2)
+    return ChatEvent(22, "alice1", text, "2024-01-01 12:00:00", toId=23)
 
 
 ALICE = Friend(22, "alice1", True)

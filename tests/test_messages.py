@@ -30,7 +30,7 @@ class ChatEventTests(SynchronousTestCase):
         """
         toJSON and toTextLine return the very same bytes object each time.
         """
-        event = ChatEvent(1, "alice", "hi", "2024-01-01 12:00:00", to_id=2)
+        event = ChatEvent(1, "alice", "hi", "2024-01-01 12:00:00", toId=2)
         self.assertIs(event.toJSON(), event.toJSON())
         self.assertIs(event.toTextLine(), event.toTextLine())
 
@@ -40,5 +40,5 @@ class ChatEventTests(SynchronousTestCase):
         rather than encoding again.
         """
         data = ChatEvent(1, "alice", "hi", "2024-01-01 12:00:00",
-                         group_id=3).toJSON()
+                         groupId=3).toJSON()
         self.assertIs(ChatEvent.fromJSON(data).toJSON(), data)

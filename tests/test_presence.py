@@ -26,18 +26,20 @@ class PresenceTests(ServiceTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.clock = Clock()
-        self.presence = Presence(self.service, self.clock, interval=1.0)
+        self.presence = Presence(self.store, NODE, self.lease,
+                                 self.service.sessions, self.clock,
+                                 interval=1.0)
         self.logged: list[dict[str, Any]] = []
         self.presence._log = Logger(  # type: ignore[misc]
             namespace="chat.cluster.presence", observer=self.logged.append)
         self.checks: list[tuple[dict[int, Any], set[int]]] = []
-        check = self.service.checkOwnership
+        check = self.service.sessions.closeTakenOver
 
         def spy(before: dict[int, Any], owned: set[int]) -> None:
             self.checks.append((dict(before), set(owned)))
             check(before, owned)
 
-        self.service.checkOwnership = spy  # type: ignore[method-assign]
+        self.service.sessions.closeTakenOver = spy  # type: ignore[method-assign]
         self.renewals: list[str] = []
         renewLease = self.store.renewLease
 
@@ -110,7 +112,7 @@ class PresenceTests(ServiceTestCase):
         self.assertEqual(len(aliceSession.disconnected), 1)
         self.assertIsNone(aliceSession.userId)
         self.assertEqual(bobSession.disconnected, [])
-        self.assertEqual(set(self.service.sessions), {bob})
+        self.assertEqual(set(self.service.sessions.userIds()), {bob})
 
     async def test_keepsRenewing(self) -> None:
         """Renewal goes on, interval after interval."""

@@ -30,10 +30,10 @@ from chat.server.protocol import ChatFactory, ChatProtocol
 MAX = 64
 """The --max-line of the protocols under test: small, to test the limit."""
 
-EVENT = ChatEvent(2, "bob", "hi there", "2024-01-01 12:00:00", to_id=1)
+EVENT = ChatEvent(2, "bob", "hi there", "2024-01-01 12:00:00", toId=1)
 """A one-to-one message from bob (2) to alice (1)."""
 
-OFFLINE = ChatEvent(3, "carol", "stored", "2024-01-01 11:00:00", to_id=1)
+OFFLINE = ChatEvent(3, "carol", "stored", "2024-01-01 11:00:00", toId=1)
 """A message that waited in the offline store for alice."""
 
 
@@ -502,7 +502,7 @@ class OrderTests(SynchronousTestCase):
         protocol.dataReceived(b"login alice pw\r\n")
         protocol.deliver(EVENT)
         protocol.deliver(ChatEvent(2, "bob", "second", "2024-01-01 12:00:01",
-                                   to_id=1))
+                                   toId=1))
         pending.callback(service.loggedIn(protocol, Login(1, "pw"), (OFFLINE,)))
         lines = textLines(transport)
         self.assertTrue(lines[0].startswith("OK logged in"), lines)

@@ -8,7 +8,7 @@ test_e2e_faults.)
 import txredisapi
 from twisted.trial.unittest import SynchronousTestCase
 
-from chat.cluster.redisbus import RECENT_SECONDS, SUSPECT_SECONDS, SeenMessages
+from chat.cluster.dedup import SUSPECT_SECONDS, UNCERTAIN_SECONDS, DeliveredRecently
 from chat.cluster.resp import RESPReader
 
 STREAM = (b"*3\r\n$7\r\nmessage\r\n$11\r\nchat:user:7\r\n$5\r\nhello\r\n"
@@ -52,26 +52,43 @@ class RESPReaderTests(SynchronousTestCase):
             RESPReader().feed(b"?what\r\n")
 
 
-class SeenMessagesTests(SynchronousTestCase):
+class DeliveredRecentlyTests(SynchronousTestCase):
     """
     Ids received lately are remembered for a moment, and for much longer
     once the subscriber has lost Redis.
     """
 
     def test_forgottenAfterAWhile(self) -> None:
-        seen = SeenMessages()
-        seen.add(b"a", 0.0)
-        self.assertIn(b"a", seen)
-        seen.add(b"b", RECENT_SECONDS + 2)
-        self.assertNotIn(b"a", seen)
-        self.assertIn(b"b", seen)
+        seen = DeliveredRecently()
+        seen.add((1, b"a"), 0.0)
+        self.assertIn((1, b"a"), seen)
+        seen.add((1, b"b"), UNCERTAIN_SECONDS + 2)
+        self.assertNotIn((1, b"a"), seen)
+        self.assertIn((1, b"b"), seen)
 
     def test_keptAfterLinkLoss(self) -> None:
-        seen = SeenMessages()
-        seen.add(b"a", 0.0)
+        seen = DeliveredRecently()
+        seen.add((1, b"a"), 0.0)
         seen.keepRecent(1.0)
-        seen.add(b"b", 100.0)
-        self.assertIn(b"a", seen)
+        seen.add((1, b"b"), 100.0)
+        self.assertIn((1, b"a"), seen)
         seen.keepRecent(SUSPECT_SECONDS + 2)
-        self.assertNotIn(b"a", seen)
-        self.assertIn(b"b", seen)
+        self.assertNotIn((1, b"a"), seen)
+        self.assertIn((1, b"b"), seen)
+
+    def test_perRecipient(self) -> None:
+        """A delivery is one message to one recipient."""
+        seen = DeliveredRecently()
+        seen.add((1, b"a"), 0.0)
+        self.assertNotIn((2, b"a"), seen)
+
+    def test_discard(self) -> None:
+        """A delivery taken back is forgotten, also once kept for longer."""
+        seen = DeliveredRecently()
+        seen.add((1, b"a"), 0.0)
+        seen.add((1, b"b"), 0.0)
+        seen.discard((1, b"a"))
+        self.assertNotIn((1, b"a"), seen)
+        seen.keepRecent(1.0)
+        seen.discard((1, b"b"))
+        self.assertNotIn((1, b"b"), seen)

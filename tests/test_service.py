@@ -20,7 +20,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from chat.cluster.bus import LocalBus
+from chat.cluster.localbus import LocalBus
+from chat.cluster.presence import Lease
 from chat.core.errors import (
     AccountInUse, AlreadyLoggedIn, ChatError, Conflict, Forbidden,
     InvalidValue, NameTaken, NotFound, NotLoggedIn, WrongCredentials,
@@ -35,7 +36,8 @@ from chat.passwords import Passwords
 from chat.server.protocol import ChatFactory
 from chat.core.rules import MAX_ID
 from chat.server.service import ChatService
-from chat.storage.store import Store, openPool
+from chat.storage.pool import openDatabase
+from chat.storage.store import Store
 
 NODE = "node-test"
 TIME = "2024-01-01 12:00:00"
@@ -79,8 +81,9 @@ class ServiceTestCase(TestCase):
 
     def setUp(self) -> None:
         path = self.mktemp() + ".sqlite3"
-        self.pool, dialect = openPool("sqlite:" + path)
-        self.store = Store(self.pool, dialect)
+        self.database = openDatabase("sqlite:" + path)
+        self.pool = self.database.pool
+        self.store = Store(self.database)
         self.store.prepare(NODE)
         self.addCleanup(self.pool.close)
         # Runs before the pool closes: SQLite's one pool thread runs
@@ -88,9 +91,10 @@ class ServiceTestCase(TestCase):
         # (session releases, stores) that a test left behind.
         self.addCleanup(self.settle)
         self.bus = self.makeBus()
+        self.lease = Lease()
         self.service = ChatService(
             self.store, self.bus, Passwords(timeCost=1, memoryKiB=8), NODE,
-            clock=lambda: TIME)
+            self.lease, clock=lambda: TIME)
 
     def makeBus(self) -> LocalBus:
         return LocalBus()
@@ -114,8 +118,8 @@ class ServiceTestCase(TestCase):
 
     async def register(self, name: str, password: str = "pw") -> int:
         reply = await self.call(FakeSession(), Register(name, password))
-        self.assertEqual(reply, Registered(reply.user_id, name))
-        return reply.user_id
+        self.assertEqual(reply, Registered(reply.userId, name))
+        return reply.userId
 
     async def login(self, user: int | str,
                     password: str = "pw") -> tuple[FakeSession, LoggedIn]:
@@ -159,14 +163,14 @@ class AccountTests(ServiceTestCase):
         session, reply = await self.login(alice)
         self.assertEqual(reply, LoggedIn(alice, "alice", (), (), ()))
         self.assertEqual((session.userId, session.userName), (alice, "alice"))
-        self.assertIs(self.service.sessions[alice], session)
+        self.assertIs(self.service.sessions.get(alice), session)
         self.assertEqual(await self.sessionNode(alice), NODE)
 
     async def test_loginByName(self) -> None:
         """The LOGIN_MSG extension and the text login name the user."""
         alice = await self.register("alice")
         session, reply = await self.login("alice")
-        self.assertEqual(reply.user_id, alice)
+        self.assertEqual(reply.userId, alice)
 
     async def test_namesExact(self) -> None:
         """
@@ -177,7 +181,7 @@ class AccountTests(ServiceTestCase):
         Alice = await self.register("Alice", "two")
         self.assertNotEqual(alice, Alice)
         session, reply = await self.login("Alice", "two")
-        self.assertEqual(reply.user_id, Alice)
+        self.assertEqual(reply.userId, Alice)
         await self.fails(WrongCredentials, FakeSession(), Login("ALICE", "one"))
 
     async def test_wrongPassword(self) -> None:
@@ -187,7 +191,7 @@ class AccountTests(ServiceTestCase):
         await self.fails(WrongCredentials, session, Login(alice, "nope"))
         await self.fails(WrongCredentials, session, Login("alice", "nope"))
         self.assertIsNone(session.userId)
-        self.assertEqual(self.service.sessions, {})
+        self.assertEqual(self.service.sessions.count(), 0)
         self.assertIsNone(await self.sessionNode(alice))
 
     async def test_unknownUser(self) -> None:
@@ -224,7 +228,7 @@ class AccountTests(ServiceTestCase):
         second = FakeSession()
         await self.fails(AccountInUse, second, Login("alice", "pw"))
         self.assertIsNone(second.userId)
-        self.assertIs(self.service.sessions[alice], first)
+        self.assertIs(self.service.sessions.get(alice), first)
         self.assertEqual(first.disconnected, [])
 
     async def test_concurrentLogins(self) -> None:
@@ -254,7 +258,7 @@ class AccountTests(ServiceTestCase):
         await self.settle()
         self.assertIsNone(await self.sessionNode(alice))
         other, _ = await self.login(alice)
-        self.assertIs(self.service.sessions[alice], other)
+        self.assertIs(self.service.sessions.get(alice), other)
 
     async def test_nameTaken(self) -> None:
         """Registering a name that exists is NameTaken."""
@@ -300,12 +304,12 @@ class AccessTests(ServiceTestCase):
         alice = await self.register("alice")
         bob = await self.register("bob")
         session, _ = await self.login(alice)
-        for request in (Chat(bob, "hi", claimed_id=bob),
-                        AddFriend(bob, claimed_id=bob),
-                        CreateGroup("g", "", claimed_id=bob),
-                        AddGroup(1, claimed_id=bob),
-                        GroupChat(1, "hi", claimed_id=bob),
-                        Logout(claimed_id=bob)):
+        for request in (Chat(bob, "hi", claimedId=bob),
+                        AddFriend(bob, claimedId=bob),
+                        CreateGroup("g", "", claimedId=bob),
+                        AddGroup(1, claimedId=bob),
+                        GroupChat(1, "hi", claimedId=bob),
+                        Logout(claimedId=bob)):
             await self.fails(Forbidden, session, request)
         self.assertEqual(session.userId, alice)
 
@@ -314,20 +318,20 @@ class AccessTests(ServiceTestCase):
         alice = await self.register("alice")
         bob = await self.register("bob")
         session, _ = await self.login(alice)
-        reply = await self.call(session, Chat(bob, "hi", claimed_id=alice))
+        reply = await self.call(session, Chat(bob, "hi", claimedId=alice))
         self.assertEqual(reply, ChatSent(online=False))
 
     async def test_notLoggedInBeforeForbidden(self) -> None:
         """102 wins over 103: an anonymous request with any id is 102."""
-        await self.fails(NotLoggedIn, FakeSession(), Chat(1, "hi", claimed_id=5))
+        await self.fails(NotLoggedIn, FakeSession(), Chat(1, "hi", claimedId=5))
 
     async def test_forbiddenBeforeNotFound(self) -> None:
         """103 (the id is not you) wins over 104 (no such user or group)."""
         alice = await self.register("alice")
         session, _ = await self.login(alice)
-        await self.fails(Forbidden, session, Chat(999, "hi", claimed_id=7))
-        await self.fails(Forbidden, session, GroupChat(999, "hi", claimed_id=7))
-        await self.fails(Forbidden, session, AddGroup(999, claimed_id=7))
+        await self.fails(Forbidden, session, Chat(999, "hi", claimedId=7))
+        await self.fails(Forbidden, session, GroupChat(999, "hi", claimedId=7))
+        await self.fails(Forbidden, session, AddGroup(999, claimedId=7))
 
     async def test_notFoundBeforeNotMember(self) -> None:
         """104 (no such group) wins over 103 (not a member of it)."""
@@ -341,7 +345,7 @@ class AccessTests(ServiceTestCase):
         bob = await self.register("bob")
         session, _ = await self.login(alice)
         await self.call(session, AddFriend(bob))
-        await self.fails(Forbidden, session, AddFriend(bob, claimed_id=bob))
+        await self.fails(Forbidden, session, AddFriend(bob, claimedId=bob))
         await self.fails(Conflict, session, AddFriend(bob))
 
 
@@ -377,8 +381,8 @@ class ChatTests(ServiceTestCase):
         self.assertEqual(reply, ChatSent(online=True))
         [event] = bobSession.events
         self.assertEqual(
-            (event.sender_id, event.sender_name, event.text, event.time,
-             event.to_id, event.group_id),
+            (event.senderId, event.senderName, event.text, event.time,
+             event.toId, event.groupId),
             (self.alice, "alice", "hello", TIME, self.bob, None))
         self.assertEqual(self.aliceSession.events, [])
 
@@ -403,7 +407,7 @@ class ChatTests(ServiceTestCase):
         self.assertEqual([e.text for e in loggedIn.offline],
                          ["one", "two", "three"])
         self.assertEqual(
-            [(e.sender_id, e.sender_name, e.to_id, e.time)
+            [(e.senderId, e.senderName, e.toId, e.time)
              for e in loggedIn.offline],
             [(self.alice, "alice", self.bob, TIME)] * 3)
         self.assertEqual(bobSession.events, [])
@@ -420,7 +424,7 @@ class ChatTests(ServiceTestCase):
         await self.call(carolSession, Chat(self.bob, "c1"))
         await self.call(self.aliceSession, Chat(self.bob, "a2"))
         _, loggedIn = await self.login(self.bob)
-        self.assertEqual([(e.sender_name, e.text) for e in loggedIn.offline],
+        self.assertEqual([(e.senderName, e.text) for e in loggedIn.offline],
                          [("alice", "a1"), ("carol", "c1"), ("alice", "a2")])
 
     async def test_afterLogout(self) -> None:
@@ -458,11 +462,45 @@ class ChatTests(ServiceTestCase):
         """
         await self.setUpUsers()
         event = ChatEvent(self.alice, "alice", "in flight", TIME,
-                          to_id=self.bob)
-        self.service.eventArrived(self.bob, event)
+                          toId=self.bob)
+        self.service.router.eventArrived(self.bob, event)
         await self.settle()
         _, loggedIn = await self.login(self.bob)
         self.assertEqual([e.text for e in loggedIn.offline], ["in flight"])
+
+    async def test_inFlightWithIdAfterLogout(self) -> None:
+        """
+        A message from the bus (it has a message id) stored because its
+        recipient logged out is not taken, at that recipient's next login,
+        for a copy of a message delivered here.
+        """
+        await self.setUpUsers()
+        event = ChatEvent(self.alice, "alice", "in flight", TIME,
+                          toId=self.bob, messageId=b"n1.1")
+        self.service.router.eventArrived(self.bob, event)
+        await self.settle()
+        _, loggedIn = await self.login(self.bob)
+        self.assertEqual([e.text for e in loggedIn.offline], ["in flight"])
+
+    async def test_copyOfDeliveredDropped(self) -> None:
+        """
+        A stored copy of a message this node delivered from the bus (the
+        uncertain copy a publisher stores when Redis dies) is dropped at
+        the recipient's drain; a copy of the same group message stored for
+        another member is not.
+        """
+        await self.setUpUsers()
+        carol = await self.register("carol")
+        bobSession, _ = await self.login(self.bob)
+        event = ChatEvent(self.alice, "alice", "to the group", TIME,
+                          groupId=1, messageId=b"n1.7")
+        self.service.router.eventArrived(self.bob, event)
+        self.assertEqual(bobSession.texts, ["to the group"])
+        await self.store.storeOffline([(self.bob, event), (carol, event)])
+        await self.service.router.drainInto(self.bob)
+        self.assertEqual(bobSession.texts, ["to the group"])
+        _, loggedIn = await self.login(carol)
+        self.assertEqual([e.text for e in loggedIn.offline], ["to the group"])
 
     async def test_pokeDrainsIntoLiveSession(self) -> None:
         """
@@ -471,13 +509,13 @@ class ChatTests(ServiceTestCase):
         """
         await self.setUpUsers()
         bobSession, _ = await self.login(self.bob)
-        stored = [ChatEvent(self.alice, "alice", text, TIME, to_id=self.bob)
+        stored = [ChatEvent(self.alice, "alice", text, TIME, toId=self.bob)
                   for text in ("first", "second")]
-        await self.store.storeOffline([(self.bob, e.toJSON()) for e in stored])
+        await self.store.storeOffline([(self.bob, e) for e in stored])
         await self.bus.poke([self.bob])
         await self.eventually(lambda: len(bobSession.events) == 2)
         self.assertEqual(bobSession.texts, ["first", "second"])
-        await self.service.drainInto(self.bob)
+        await self.service.router.drainInto(self.bob)
         self.assertEqual(bobSession.texts, ["first", "second"])
         self.assertEqual(await self.store.drainOffline(self.bob), [])
 
@@ -490,17 +528,17 @@ class ChatTests(ServiceTestCase):
         """
         await self.setUpUsers()
         bobSession, _ = await self.login(self.bob)
-        first = ChatEvent(self.alice, "alice", "1", TIME, to_id=self.bob)
-        second = ChatEvent(self.alice, "alice", "2", TIME, to_id=self.bob)
-        await self.store.storeOffline([(self.bob, first.toJSON())])
-        draining = self.service.drainInto(self.bob)
-        self.service.eventArrived(self.bob, second)
+        first = ChatEvent(self.alice, "alice", "1", TIME, toId=self.bob)
+        second = ChatEvent(self.alice, "alice", "2", TIME, toId=self.bob)
+        await self.store.storeOffline([(self.bob, first)])
+        draining = self.service.router.drainInto(self.bob)
+        self.service.router.eventArrived(self.bob, second)
         self.assertEqual(bobSession.texts, [])
         await draining
         self.assertEqual(bobSession.texts, ["1", "2"])
         # Once the drain is over, live events go straight through.
-        self.service.eventArrived(self.bob, ChatEvent(
-            self.alice, "alice", "3", TIME, to_id=self.bob))
+        self.service.router.eventArrived(self.bob, ChatEvent(
+            self.alice, "alice", "3", TIME, toId=self.bob))
         self.assertEqual(bobSession.texts, ["1", "2", "3"])
 
     async def test_liveEventStoredIfLoggedOutDuringDrain(self) -> None:
@@ -510,15 +548,15 @@ class ChatTests(ServiceTestCase):
         """
         await self.setUpUsers()
         bobSession, _ = await self.login(self.bob)
-        first = ChatEvent(self.alice, "alice", "1", TIME, to_id=self.bob)
-        second = ChatEvent(self.alice, "alice", "2", TIME, to_id=self.bob)
-        await self.store.storeOffline([(self.bob, first.toJSON())])
-        draining = self.service.drainInto(self.bob)
-        self.service.eventArrived(self.bob, second)
+        first = ChatEvent(self.alice, "alice", "1", TIME, toId=self.bob)
+        second = ChatEvent(self.alice, "alice", "2", TIME, toId=self.bob)
+        await self.store.storeOffline([(self.bob, first)])
+        draining = self.service.router.drainInto(self.bob)
+        self.service.router.eventArrived(self.bob, second)
         self.service.sessionEnded(bobSession)
         await draining
         stored = await self.store.drainOffline(self.bob)
-        self.assertEqual([ChatEvent.fromJSON(p).text for p in stored],
+        self.assertEqual([e.text for e in stored],
                          ["1", "2"])
         self.assertEqual(bobSession.texts, [])
 
@@ -530,9 +568,9 @@ class ChatTests(ServiceTestCase):
         await self.setUpUsers()
         bobSession, _ = await self.login(self.bob)
         event = ChatEvent(self.alice, "alice", "while down", TIME,
-                          to_id=self.bob)
-        await self.store.storeOffline([(self.bob, event.toJSON())])
-        self.service.busReconnected()
+                          toId=self.bob)
+        await self.store.storeOffline([(self.bob, event)])
+        self.service.router.busReconnected()
         await self.eventually(lambda: bobSession.texts == ["while down"])
 
     async def test_offlineEventsUnchanged(self) -> None:
@@ -545,7 +583,7 @@ class ChatTests(ServiceTestCase):
         _, loggedIn = await self.login(self.bob)
         [stored] = loggedIn.offline
         fresh = ChatEvent(self.alice, "alice", 'quote " and \\', TIME,
-                          to_id=self.bob)
+                          toId=self.bob)
         self.assertEqual(stored.toJSON(), fresh.toJSON())
 
 
@@ -564,7 +602,7 @@ class GroupTests(ServiceTestCase):
                                   CreateGroup("dev", "the developers"))
         self.assertIsInstance(created, GroupCreated)
         self.assertEqual(created.name, "dev")
-        self.group = created.group_id
+        self.group = created.groupId
         for session in (self.bobSession, carolSession):
             self.assertEqual(await self.call(session, AddGroup(self.group)),
                              GroupJoined(self.group))
@@ -580,12 +618,12 @@ class GroupTests(ServiceTestCase):
         self.assertEqual(reply, GroupChatSent(online=1, offline=1))
         [event] = self.bobSession.events
         self.assertEqual(
-            (event.sender_id, event.sender_name, event.group_id, event.text,
+            (event.senderId, event.senderName, event.groupId, event.text,
              event.time),
             (self.alice, "alice", self.group, "hi", TIME))
         self.assertEqual(self.aliceSession.events, [])
         _, loggedIn = await self.login(self.carol)
-        self.assertEqual([(e.group_id, e.text) for e in loggedIn.offline],
+        self.assertEqual([(e.groupId, e.text) for e in loggedIn.offline],
                          [(self.group, "hi")])
 
     async def test_groupOfOne(self) -> None:
@@ -593,7 +631,7 @@ class GroupTests(ServiceTestCase):
         alice = await self.register("alice")
         session, _ = await self.login(alice)
         created = await self.call(session, CreateGroup("solo"))
-        reply = await self.call(session, GroupChat(created.group_id, "echo"))
+        reply = await self.call(session, GroupChat(created.groupId, "echo"))
         self.assertEqual(reply, GroupChatSent(online=0, offline=0))
         self.assertEqual(session.events, [])
 
@@ -757,7 +795,7 @@ class TakeoverTests(ServiceTestCase):
 
     async def test_shortLease(self) -> None:
         """With a short lease, a node silent for longer than it loses out."""
-        self.service.leaseSeconds = 0.05
+        self.lease.seconds = 0.05
         alice = await self.register("alice")
         await self.store.renewLease("slow", None)
         self.assertTrue(await self.store.claimSession(alice, "slow", 10))
@@ -784,19 +822,19 @@ class TakeoverTests(ServiceTestCase):
         bob = await self.register("bob")
         aliceSession, _ = await self.login(alice)
         bobSession, _ = await self.login(bob)
-        before = dict(self.service.sessions)
+        before = self.service.sessions.snapshot()
         await self.pool.runOperation(
             "UPDATE sessions SET node_id = 'other' WHERE user_id = ?",
             (alice,))
         self.assertEqual(await self.store.renewLease(NODE, None), 1)
         owned = await self.store.sessionsOn(NODE)
         self.assertEqual(owned, {bob})
-        self.service.checkOwnership(before, owned)
+        self.service.sessions.closeTakenOver(before, owned)
         self.assertEqual(len(aliceSession.disconnected), 1)
         self.assertIsNone(aliceSession.userId)
         self.assertNotIn(alice, self.service.sessions)
         self.assertEqual(bobSession.disconnected, [])
-        self.assertIs(self.service.sessions[bob], bobSession)
+        self.assertIs(self.service.sessions.get(bob), bobSession)
         reply = await self.call(bobSession, Chat(alice, "where are you"))
         self.assertEqual(reply, ChatSent(online=False))
         self.assertEqual(aliceSession.events, [])
@@ -808,12 +846,12 @@ class TakeoverTests(ServiceTestCase):
         answer that may predate its claim.
         """
         alice = await self.register("alice")
-        before = dict(self.service.sessions)
+        before = self.service.sessions.snapshot()
         owned = await self.store.sessionsOn(NODE)
         session, _ = await self.login(alice)
-        self.service.checkOwnership(before, owned)
+        self.service.sessions.closeTakenOver(before, owned)
         self.assertEqual(session.disconnected, [])
-        self.assertIs(self.service.sessions[alice], session)
+        self.assertIs(self.service.sessions.get(alice), session)
 
     async def test_checkOwnershipReplacedSession(self) -> None:
         """
@@ -822,13 +860,13 @@ class TakeoverTests(ServiceTestCase):
         """
         alice = await self.register("alice")
         old, _ = await self.login(alice)
-        before = dict(self.service.sessions)
+        before = self.service.sessions.snapshot()
         owned = await self.store.sessionsOn(NODE)
         await self.call(old, Logout())
         new, _ = await self.login(alice)
-        self.service.checkOwnership(before, set())
+        self.service.sessions.closeTakenOver(before, set())
         self.assertEqual(new.disconnected, [])
-        self.assertIs(self.service.sessions[alice], new)
+        self.assertIs(self.service.sessions.get(alice), new)
         self.assertEqual(owned, {alice})
 
 
@@ -843,20 +881,20 @@ class UnicodeTests(ServiceTestCase):
         zhang = await self.register("张三", "密码🔑")
         li = await self.register("李四")
         zhangSession, loggedIn = await self.login("张三", "密码🔑")
-        self.assertEqual((loggedIn.user_id, loggedIn.name), (zhang, "张三"))
+        self.assertEqual((loggedIn.userId, loggedIn.name), (zhang, "张三"))
         text = "你好 😀👍🏽 — ok\tтест"
         self.assertEqual(await self.call(zhangSession, Chat("李四", text)),
                          ChatSent(online=False))
         liSession, liLogin = await self.login("李四")
         [stored] = liLogin.offline
-        self.assertEqual((stored.sender_name, stored.text), ("张三", text))
+        self.assertEqual((stored.senderName, stored.text), ("张三", text))
         self.assertEqual(await self.call(zhangSession, Chat(li, "🎉")),
                          ChatSent(online=True))
-        self.assertEqual([(e.sender_name, e.text) for e in liSession.events],
+        self.assertEqual([(e.senderName, e.text) for e in liSession.events],
                          [("张三", "🎉")])
         created = await self.call(zhangSession,
                                   CreateGroup("讨论组🎉", "描述 😀\t说明"))
-        await self.call(liSession, AddGroup(created.group_id))
+        await self.call(liSession, AddGroup(created.groupId))
         self.assertEqual(await self.call(zhangSession, AddFriend("李四")),
                          FriendAdded(li, "李四"))
         groups = await self.call(liSession, GroupList())
@@ -866,10 +904,10 @@ class UnicodeTests(ServiceTestCase):
         self.assertEqual([m.name for m in group.members], ["张三", "李四"])
         await self.call(liSession, Logout())
         reply = await self.call(zhangSession,
-                                GroupChat(created.group_id, "群消息 🚀"))
+                                GroupChat(created.groupId, "群消息 🚀"))
         self.assertEqual(reply, GroupChatSent(online=0, offline=1))
         _, again = await self.login(li)
-        self.assertEqual([(e.sender_name, e.text) for e in again.offline],
+        self.assertEqual([(e.senderName, e.text) for e in again.offline],
                          [("张三", "群消息 🚀")])
         friends = await self.call(zhangSession, FriendList())
         self.assertEqual(friends, Friends((Friend(li, "李四", True),)))
@@ -888,13 +926,13 @@ class ScriptedBus(LocalBus):
         self.poked: list[set[int]] = []
         self.outcomes: dict[int, Any] = {}
 
-    def publish(self, targets: Any) -> Deferred[Any]:
-        self.published.append(list(targets))
+    def publish(self, userIds: Any, event: ChatEvent) -> Deferred[Any]:
+        self.published.append([(u, event) for u in userIds])
         local = super().publish(
-            [t for t in targets if t[0] not in self.outcomes])
+            [u for u in userIds if u not in self.outcomes], event)
         results = iter(local.result)
         return succeed([self.outcomes[userId] if userId in self.outcomes
-                        else next(results) for userId, _ in targets])
+                        else next(results) for userId in userIds])
 
     def poke(self, userIds: Any) -> Deferred[None]:
         self.poked.append(set(userIds))
@@ -922,8 +960,7 @@ class RoutingTests(ServiceTestCase):
         self.assertTrue(await self.store.claimSession(self.bob, "other", 10))
 
     async def storedFor(self, userId: int) -> list[str]:
-        return [ChatEvent.fromJSON(p).text
-                for p in await self.store.drainOffline(userId)]
+        return [e.text for e in await self.store.drainOffline(userId)]
 
     async def test_publishTaken(self) -> None:
         """A publish that a server took is an online delivery; nothing stored."""
@@ -932,7 +969,7 @@ class RoutingTests(ServiceTestCase):
         reply = await self.call(self.aliceSession, Chat(self.bob, "hi"))
         self.assertEqual(reply, ChatSent(online=True))
         [[(userId, event)]] = self.bus.published
-        self.assertEqual((userId, event.text, event.sender_name),
+        self.assertEqual((userId, event.text, event.senderName),
                          (self.bob, "hi", "alice"))
         self.assertEqual(await self.storedFor(self.bob), [])
         self.assertEqual(self.bus.poked, [])
@@ -965,10 +1002,10 @@ class RoutingTests(ServiceTestCase):
         A user the database knows to be offline is stored and poked
         without a publish.
         """
-        carol = await self.register("carol")
+        # Created behind the service's back, so it does not know her.
+        carol = await self.store.createUser("carol", "no hash")
         alice = await self.register("alice")
         session, _ = await self.login(alice)
-        self.service.users = type(self.service.users)()  # forget carol
         reply = await self.call(session, Chat(carol, "hi"))
         self.assertEqual(reply, ChatSent(online=False))
         self.assertEqual(self.bus.published, [])
@@ -990,7 +1027,7 @@ class RoutingTests(ServiceTestCase):
         self.assertTrue(await self.store.claimSession(dave, "other", 10))
         self.bus.outcomes.update({self.bob: 1, dave: 0})
         created = await self.call(self.aliceSession, CreateGroup("mixed"))
-        group = created.group_id
+        group = created.groupId
         for member in (self.bob, carol, dave, erin):
             await self.pool.runOperation(
                 "INSERT INTO group_members (group_id, user_id, role)"

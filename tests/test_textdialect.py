@@ -274,8 +274,8 @@ def event(text: str = "hi", group: bool = False) -> ChatEvent:
     """A chat event from user 22, alice1."""
     if group:
         return ChatEvent(22, "alice1", text, "2024-01-01 12:00:02",
-                         group_id=2)
-    return ChatEvent(22, "alice1", text, "2024-01-01 12:00:00", to_id=23)
+                         groupId=2)
+    return ChatEvent(22, "alice1", text, "2024-01-01 12:00:00", toId=23)
 
 
 ALICE = Friend(22, "alice1", True)
@@ -457,7 +457,7 @@ class EventTests(SynchronousTestCase):
         """Non-ASCII names and texts go out as UTF-8."""
         self.assertEqual(
             TEXT.encodeEvent(ChatEvent(3, "张三", "你好", "2024-01-01 00:00:00",
-                                       to_id=4)),
+                                       toId=4)),
             "MSG 2024-01-01 00:00:00 3 张三: 你好\r\n".encode())
 
     def test_notice(self) -> None:

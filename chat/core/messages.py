@@ -29,7 +29,7 @@ class Login:
 
 @attrs.frozen
 class Logout:
-    claimed_id: Optional[int] = None
+    claimedId: Optional[int] = None
 
 
 @attrs.frozen
@@ -42,33 +42,33 @@ class Register:
 class Chat:
     to: UserRef
     text: str
-    claimed_id: Optional[int] = None
+    claimedId: Optional[int] = None
 
 
 @attrs.frozen
 class AddFriend:
     friend: UserRef
-    claimed_id: Optional[int] = None
+    claimedId: Optional[int] = None
 
 
 @attrs.frozen
 class CreateGroup:
     name: str
     description: str = ""
-    claimed_id: Optional[int] = None
+    claimedId: Optional[int] = None
 
 
 @attrs.frozen
 class AddGroup:
-    group_id: int
-    claimed_id: Optional[int] = None
+    groupId: int
+    claimedId: Optional[int] = None
 
 
 @attrs.frozen
 class GroupChat:
-    group_id: int
+    groupId: int
     text: str
-    claimed_id: Optional[int] = None
+    claimedId: Optional[int] = None
 
 
 @attrs.frozen
@@ -78,12 +78,12 @@ class Ping:
 
 @attrs.frozen
 class FriendList:
-    claimed_id: Optional[int] = None
+    claimedId: Optional[int] = None
 
 
 @attrs.frozen
 class GroupList:
-    claimed_id: Optional[int] = None
+    claimedId: Optional[int] = None
 
 
 @attrs.frozen
@@ -149,30 +149,31 @@ class ChatEvent:
         the recipient is implied by the membership, and this is L{None}).
     """
 
-    sender_id: int
-    sender_name: str
+    senderId: int
+    senderName: str
     text: str
     time: str
-    to_id: Optional[int] = None
-    group_id: Optional[int] = None
+    toId: Optional[int] = None
+    groupId: Optional[int] = None
+    messageId: Optional[bytes] = None
     _json: Optional[bytes] = attrs.field(default=None, repr=False)
-    _text_line: Optional[bytes] = attrs.field(default=None, repr=False)
+    _textLine: Optional[bytes] = attrs.field(default=None, repr=False)
 
     def toJSON(self) -> bytes:
         """
         The classic event object, without a line terminator.
         """
         if self._json is None:
-            if self.group_id is None:
+            if self.groupId is None:
                 self._json = orjson.dumps({
-                    "msgid": 6, "id": self.sender_id,
-                    "name": self.sender_name, "toid": self.to_id,
+                    "msgid": 6, "id": self.senderId,
+                    "name": self.senderName, "toid": self.toId,
                     "msg": self.text, "time": self.time,
                 })
             else:
                 self._json = orjson.dumps({
-                    "msgid": 10, "id": self.sender_id,
-                    "name": self.sender_name, "groupid": self.group_id,
+                    "msgid": 10, "id": self.senderId,
+                    "name": self.senderName, "groupid": self.groupId,
                     "msg": self.text, "time": self.time,
                 })
         return self._json
@@ -181,22 +182,23 @@ class ChatEvent:
         """
         The text dialect's event line, with its CRLF.
         """
-        if self._text_line is None:
-            if self.group_id is None:
+        if self._textLine is None:
+            if self.groupId is None:
                 line = (
-                    f"MSG {self.time} {self.sender_id} "
-                    f"{self.sender_name}: {self.text}\r\n"
+                    f"MSG {self.time} {self.senderId} "
+                    f"{self.senderName}: {self.text}\r\n"
                 )
             else:
                 line = (
-                    f"GROUPMSG {self.time} {self.group_id} {self.sender_id} "
-                    f"{self.sender_name}: {self.text}\r\n"
+                    f"GROUPMSG {self.time} {self.groupId} {self.senderId} "
+                    f"{self.senderName}: {self.text}\r\n"
                 )
-            self._text_line = line.encode("utf-8")
-        return self._text_line
+            self._textLine = line.encode("utf-8")
+        return self._textLine
 
     @classmethod
-    def fromJSON(cls, data: bytes) -> "ChatEvent":
+    def fromJSON(cls, data: bytes,
+                 messageId: Optional[bytes] = None) -> "ChatEvent":
         """
         Rebuild an event from L{toJSON}'s bytes (from the bus or the
         offline store), keeping those bytes for reuse.
@@ -204,19 +206,13 @@ class ChatEvent:
         obj = orjson.loads(data)
         if obj["msgid"] == 6:
             event = cls(obj["id"], obj["name"], obj["msg"], obj["time"],
-                        to_id=obj["toid"])
+                        toId=obj["toid"])
         else:
             event = cls(obj["id"], obj["name"], obj["msg"], obj["time"],
-                        group_id=obj["groupid"])
+                        groupId=obj["groupid"])
+        event.messageId = messageId
         event._json = bytes(data)
         return event
-
-
-@attrs.frozen
-class Notice:
-    """A server notice: shutdown, or why the connection is being closed."""
-
-    text: str
 
 
 # Replies ------------------------------------------------------------------
@@ -224,7 +220,7 @@ class Notice:
 
 @attrs.frozen
 class LoggedIn:
-    user_id: int
+    userId: int
     name: str
     friends: tuple[Friend, ...]
     groups: tuple[Group, ...]
@@ -233,7 +229,7 @@ class LoggedIn:
 
 @attrs.frozen
 class Registered:
-    user_id: int
+    userId: int
     name: str
 
 
@@ -249,19 +245,19 @@ class ChatSent:
 
 @attrs.frozen
 class FriendAdded:
-    friend_id: int
+    friendId: int
     name: str
 
 
 @attrs.frozen
 class GroupCreated:
-    group_id: int
+    groupId: int
     name: str
 
 
 @attrs.frozen
 class GroupJoined:
-    group_id: int
+    groupId: int
 
 
 @attrs.frozen

@@ -1,40 +1,48 @@
 """
-One client connection: framing, dialect, ordering and session state.
+One client connection: framing, dialect, the order of replies, and the
+session of the user logged in on it.
 
 The protocol turns bytes into requests through its dialect, hands them to
 the service one at a time (so replies keep the order of the requests) and
-writes what comes back.  It never runs SQL and knows no business rule.
+writes what comes back; to the service it is an L{ISession}.  It owns the
+connection's state and what is written to it; it never runs SQL and knows
+no business rule.
 """
 
 from __future__ import annotations
 
 import socket
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IAddress, ITransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from chat.wire.dialect import IDialect, Rejected
 from chat.core.errors import ChatError, LineTooLong, Unavailable
-from chat.wire.framing import MessageSplitter, MessageTooLong
-from chat.wire.jsondialect import CLASSIC, JSON
-from chat.logs import logFailure
 from chat.core.messages import (
     Bye, ChatEvent, Help, HelpText, LoggedIn, Login, Quit, Reply, Request,
 )
-from chat.server.service import ChatService
+from chat.logs import logFailure
+from chat.server.session import IChatService, ISession
+from chat.wire.dialect import IDialect, Rejected
+from chat.wire.framing import MessageSplitter, MessageTooLong
+from chat.wire.jsondialect import CLASSIC, JSON
 from chat.wire.textdialect import TEXT
 
 _BLANK = b" \t"
 _PAUSE_AT = 64
 """Queued requests at which the connection stops reading, for backpressure."""
 
+Queued = Union[bytes, MessageTooLong]
+"""A client message waiting to be handled, or the overlong one that ends
+the connection."""
 
-def _chooseDialect(firstMessage: bytes, endedInNUL: bool) -> IDialect:
+
+def chooseDialect(firstMessage: bytes, endedInNUL: bool) -> IDialect:
     """
     The dialect a connection's first non-blank message selects.
     """
@@ -43,6 +51,7 @@ def _chooseDialect(firstMessage: bytes, endedInNUL: bool) -> IDialect:
     return TEXT
 
 
+@implementer(ISession)
 class ChatProtocol(Protocol):
     """
     A client connection, and the session of the user logged in on it.
@@ -56,17 +65,22 @@ class ChatProtocol(Protocol):
     userId: Optional[int] = None
     userName: Optional[str] = None
 
-    def __init__(self, service: ChatService, maxLength: int,
+    def __init__(self, service: IChatService, maxLength: int,
                  connections: set["ChatProtocol"]) -> None:
         self._service = service
         self._connections = connections
         self._splitter = MessageSplitter(maxLength)
         self._dialect: Optional[IDialect] = None
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[Queued] = deque()
         self._busy = False
         self._paused = False
         self._closing = False
         self._held: Optional[list[ChatEvent]] = None
+
+    def _transport(self) -> ITransport:
+        transport = self.transport
+        assert transport is not None, "connected"
+        return transport
 
     @property
     def peer(self) -> str:
@@ -74,17 +88,17 @@ class ChatProtocol(Protocol):
         The client's address.  Behind HAProxy it is known only once the
         PROXY header has arrived, so it is asked for when needed.
         """
-        address = self.transport.getPeer()
+        address = self._transport().getPeer()
         return f"{getattr(address, 'host', address)}:" \
             f"{getattr(address, 'port', '')}"
 
     # Connection life --------------------------------------------------
 
     def connectionMade(self) -> None:
-        enableKeepAlive(self.transport)
+        enableKeepAlive(self._transport())
         self._connections.add(self)
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connections.discard(self)
         self._closing = True
         self._queue.clear()
@@ -102,7 +116,7 @@ class ChatProtocol(Protocol):
         """
         self._closing = True
         self._endSession()
-        self.transport.loseConnection()
+        self._transport().loseConnection()
 
     # Input ------------------------------------------------------------
 
@@ -114,12 +128,12 @@ class ChatProtocol(Protocol):
                 if not message.strip(_BLANK):
                     continue
                 if self._dialect is None:
-                    self._dialect = _chooseDialect(message, endedInNUL)
+                    self._dialect = chooseDialect(message, endedInNUL)
                 self._queue.append(message)
         except MessageTooLong as tooLong:
             if self._dialect is None:
-                self._dialect = _chooseDialect(tooLong.head, False)
-            self._queue.append(tooLong)  # type: ignore[arg-type]
+                self._dialect = chooseDialect(tooLong.head, False)
+            self._queue.append(tooLong)
         self._runQueue()
 
     def _runQueue(self) -> None:
@@ -137,10 +151,10 @@ class ChatProtocol(Protocol):
             return
         if len(self._queue) >= _PAUSE_AT and not self._paused:
             self._paused = True
-            self.transport.pauseProducing()
+            self._transport().pauseProducing()  # type: ignore[attr-defined] # ITCPTransport
         elif self._paused and len(self._queue) < _PAUSE_AT // 2:
             self._paused = False
-            self.transport.resumeProducing()
+            self._transport().resumeProducing()  # type: ignore[attr-defined] # ITCPTransport
 
     def _tooLong(self) -> None:
         error = LineTooLong(
@@ -150,10 +164,14 @@ class ChatProtocol(Protocol):
         self.sendError(None, error)
         self._close()
 
-    def _handle(self, message: bytes) -> None:
+    def _spoken(self) -> IDialect:
+        """The connection's dialect, known once a message has arrived."""
         dialect = self._dialect
-        assert dialect is not None
-        request = dialect.decode(message)
+        assert dialect is not None, "a message has arrived"
+        return dialect
+
+    def _handle(self, message: bytes) -> None:
+        request = self._spoken().decode(message)
         if isinstance(request, Rejected):
             self._log.debug("{peer}: rejected: {error}", peer=self.peer,
                             error=request.error.message)
@@ -186,11 +204,11 @@ class ChatProtocol(Protocol):
         else:
             self._replied(result, request)
 
-    def _bye(self, _: Any, request: Quit) -> None:
+    def _bye(self, _: object, request: Quit) -> None:
         self._replied(Bye(), request)
         self._close()
 
-    def _resume(self, _: Any) -> None:
+    def _resume(self, _: object) -> None:
         self._busy = False
         self._runQueue()
 
@@ -201,17 +219,19 @@ class ChatProtocol(Protocol):
             if isinstance(reply, LoggedIn):
                 self._loginAbandoned(reply)
             return
-        data = self._dialect.encodeReply(request, reply)  # type: ignore
+        data = self._spoken().encodeReply(request, reply)
         if data is not None:
-            self.transport.write(data)
+            self._transport().write(data)
         if isinstance(reply, LoggedIn):
-            self._log.info("{peer}: {name} (id {id}) logged in",
-                           peer=self.peer, name=reply.name, id=reply.user_id)
+            self._log.info("{peer}: {userName} (id {userId}) logged in",
+                           peer=self.peer, userName=reply.name,
+                           userId=reply.userId)
         self._releaseHeld()
 
     def _failed(self, failure: Failure, request: Request) -> None:
         if failure.check(ChatError):
             error = failure.value
+            assert isinstance(error, ChatError)
         else:
             self._log.failure("handling {request} from {peer}", failure,
                               request=request, peer=self.peer)
@@ -221,8 +241,7 @@ class ChatProtocol(Protocol):
 
     def sendError(self, context: Any, error: ChatError) -> None:
         if not self._closing:
-            self.transport.write(
-                self._dialect.encodeError(context, error))  # type: ignore
+            self._transport().write(self._spoken().encodeError(context, error))
 
     def _releaseHeld(self) -> None:
         """
@@ -231,8 +250,8 @@ class ChatProtocol(Protocol):
         """
         held, self._held = self._held, None
         if held and not self._closing:
-            encode = self._dialect.encodeEvent  # type: ignore[union-attr]
-            self.transport.write(b"".join(encode(e) for e in held))
+            encode = self._spoken().encodeEvent
+            self._transport().write(b"".join(encode(e) for e in held))
 
     def _loginAbandoned(self, reply: LoggedIn) -> None:
         """
@@ -246,9 +265,9 @@ class ChatProtocol(Protocol):
         self._endSession()
         events = [*reply.offline, *held]
         if events:
-            self._service.storeUndelivered(reply.user_id, events)
+            self._service.storeUndelivered(reply.userId, events)
 
-    # The session, as the service sees it ------------------------------
+    # The session, as the service sees it (ISession) -------------------
 
     def deliver(self, event: ChatEvent) -> None:
         """
@@ -258,12 +277,11 @@ class ChatProtocol(Protocol):
         if self._held is not None:
             self._held.append(event)
         elif not self._closing:
-            self.transport.write(
-                self._dialect.encodeEvent(event))  # type: ignore[union-attr]
+            self._transport().write(self._spoken().encodeEvent(event))
 
     def notice(self, text: str) -> None:
         if self._dialect is not None and not self._closing:
-            self.transport.write(self._dialect.encodeNotice(text))
+            self._transport().write(self._dialect.encodeNotice(text))
 
     def disconnect(self, reason: str) -> None:
         """
@@ -272,17 +290,17 @@ class ChatProtocol(Protocol):
         """
         self.notice(reason)
         self._closing = True
-        self.transport.loseConnection()
+        self._transport().loseConnection()
 
 
-def enableKeepAlive(transport: Any) -> None:
+def enableKeepAlive(transport: object) -> None:
     """
     Turn on TCP keepalive, tuned so that a client that vanished without
     closing (power loss, cable pulled) is noticed within about 90 seconds:
     60 s idle, then 3 probes 10 s apart.
     """
     try:
-        sock = transport.getHandle()
+        sock = transport.getHandle()  # type: ignore[attr-defined] # ITCPTransport
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
@@ -300,12 +318,12 @@ class ChatFactory(Factory):
     protocol = ChatProtocol
     noisy = False
 
-    def __init__(self, service: ChatService, maxLength: int) -> None:
+    def __init__(self, service: IChatService, maxLength: int) -> None:
         self.service = service
         self.maxLength = maxLength
         self.connections: set[ChatProtocol] = set()
 
-    def buildProtocol(self, addr: interfaces.IAddress) -> ChatProtocol:
+    def buildProtocol(self, addr: IAddress) -> ChatProtocol:
         return ChatProtocol(self.service, self.maxLength, self.connections)
 
     def closeAll(self, reason: str) -> None:

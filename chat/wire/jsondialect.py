@@ -227,7 +227,7 @@ class JSONDialect:
     def encodeReply(self, request: Request, reply: Reply) -> Optional[bytes]:
         if isinstance(reply, LoggedIn):
             return _dumps({
-                "msgid": LOGIN_MSG_ACK, "errno": 0, "id": reply.user_id,
+                "msgid": LOGIN_MSG_ACK, "errno": 0, "id": reply.userId,
                 "name": reply.name,
                 "friends": [orjson.dumps(_friendObject(f)).decode()
                             for f in reply.friends],
@@ -237,7 +237,7 @@ class JSONDialect:
             })
         if isinstance(reply, Registered):
             return _dumps({"msgid": REG_MSG_ACK, "errno": 0,
-                           "id": reply.user_id})
+                           "id": reply.userId})
         if isinstance(reply, Pong):
             return b'{"msgid":13}\n'
         if isinstance(reply, Friends):
@@ -252,9 +252,9 @@ class JSONDialect:
             return _ack(request,
                         delivery="online" if reply.online else "offline")
         if isinstance(reply, FriendAdded):
-            return _ack(request, friendid=reply.friend_id)
+            return _ack(request, friendid=reply.friendId)
         if isinstance(reply, (GroupCreated, GroupJoined)):
-            return _ack(request, groupid=reply.group_id)
+            return _ack(request, groupid=reply.groupId)
         if isinstance(reply, GroupChatSent):
             return _ack(request, online=reply.online, offline=reply.offline)
         assert isinstance(reply, LoggedOut), reply

@@ -182,7 +182,7 @@ def _listing(summary: str, lines: list[str]) -> bytes:
 
 def _loggedIn(reply: LoggedIn) -> bytes:
     count = len(reply.offline)
-    head = _ok(f"logged in: id {reply.user_id}, name {reply.name}, "
+    head = _ok(f"logged in: id {reply.userId}, name {reply.name}, "
                f"{count} offline message{'' if count == 1 else 's'}")
     return head + b"".join(e.toTextLine() for e in reply.offline)
 
@@ -199,15 +199,15 @@ def _groups(reply: Groups) -> bytes:
 
 _REPLIES: dict[type, Callable[[Any], bytes]] = {
     LoggedIn: _loggedIn,
-    Registered: lambda r: _ok(f"registered: id {r.user_id}, name {r.name}"),
+    Registered: lambda r: _ok(f"registered: id {r.userId}, name {r.name}"),
     LoggedOut: lambda r: _ok("logged out"),
     ChatSent: lambda r: _ok(
         "delivered" if r.online else "stored for offline delivery"),
-    FriendAdded: lambda r: _ok(f"friend added: id {r.friend_id}, "
+    FriendAdded: lambda r: _ok(f"friend added: id {r.friendId}, "
                                f"name {r.name}"),
-    GroupCreated: lambda r: _ok(f"group created: id {r.group_id}, "
+    GroupCreated: lambda r: _ok(f"group created: id {r.groupId}, "
                                 f"name {r.name}"),
-    GroupJoined: lambda r: _ok(f"joined group {r.group_id}"),
+    GroupJoined: lambda r: _ok(f"joined group {r.groupId}"),
     GroupChatSent: lambda r: _ok(
         f"sent: {r.online} online, {r.offline} offline"),
     Pong: lambda r: b"PONG\r\n",
