@@ -4,7 +4,8 @@ Errbacks that log.
 C{Logger.failure} takes its format first, so it cannot be passed to
 C{addErrback} as it is; these build the errback.  Expected outages (Redis
 or the database away) are warnings with the error's message; anything
-else is a bug and is logged with its traceback.
+else is a bug and is logged with its traceback.  Log events carry their
+values as fields (C{userId}, C{peer}, ...), never only formatted text.
 """
 
 from __future__ import annotations

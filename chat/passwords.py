@@ -3,7 +3,8 @@ Password hashing with argon2id, always off the reactor thread.
 
 A slow, salted, memory-hard hash is the point: it takes tens of
 milliseconds of CPU, which would stall every connection if run on the
-reactor, so each hash and check runs in the reactor's thread pool.
+reactor, so each hash and check runs in the reactor's thread pool.  This
+module owns the hash and its cost; it never sees an account.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ class Passwords:
             time_cost=timeCost, memory_cost=memoryKiB, parallelism=1)
         self._unknown = self._hasher.hash("no account has this password")
 
-    def hash(self, password: str) -> Deferred:
+    def hash(self, password: str) -> Deferred[str]:
         """Fires with the encoded hash (salt and parameters included)."""
         return deferToThread(self._hasher.hash, password)
 
-    def verify(self, encoded: Optional[str], password: str) -> Deferred:
+    def verify(self, encoded: Optional[str], password: str) -> Deferred[bool]:
         """
         Fires with whether C{password} matches C{encoded}.  With no
         C{encoded} (no such account) it checks against a stand-in hash and

@@ -4,7 +4,9 @@ twistd options to a running chat node: C{twistd -n chat [options]}.
 L{makeService} does the blocking preparation (options checked, database
 reached, tables created, node registered) before the reactor runs, so a
 bad option or an unreachable database ends twistd with one clear line and
-a non-zero exit, and nothing is served before the node is ready.
+a non-zero exit, and nothing is served before the node is ready.  This is
+the only module that knows twistd; it wires the parts and decides nothing
+else.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from chat.cluster.bus import IMessageBus
 from chat.cluster.localbus import LocalBus
@@ -48,7 +51,7 @@ def _positive(option: str, kind: type = int) -> Any:
                              f"not {value!r}")
         return number
 
-    coerce.coerceDoc = (  # type: ignore[attr-defined]
+    coerce.coerceDoc = (  # type: ignore[attr-defined] # usage.Options reads it
         "A positive integer." if kind is int else "A positive number.")
     return coerce
 
@@ -87,7 +90,7 @@ class Options(usage.Options):
         (DESIGN.md 7), not with twistd's whole usage text on stdout.
         """
         try:
-            super().parseOptions(options)
+            super().parseOptions(options)  # type: ignore[no-untyped-call] # unannotated in Twisted
         except usage.UsageError as e:
             raise SystemExit(f"chat: {e} (see twistd chat --help)")
 
@@ -138,28 +141,30 @@ class ChatListener(Service):
         self._port: Optional[IListeningPort] = None
 
     def privilegedStartService(self) -> None:
-        super().privilegedStartService()
+        super().privilegedStartService()  # type: ignore[no-untyped-call] # unannotated in Twisted
         endpoint = serverFromString(_reactor, self._description)
+        # The reactor is not running yet, but listening is synchronous
+        # for the endpoints a node uses (tcp, ssl, haproxy), so the
+        # outcome is there at once.
         result: list[Any] = []
         endpoint.listen(self._factory).addBoth(result.append)
         outcome = result[0] if result else None
         if not IListeningPort.providedBy(outcome):
-            reason = getattr(outcome, "value", outcome)
-            if hasattr(outcome, "trap"):
-                outcome.trap(Exception)  # consumed: reported below
+            reason = outcome.value if isinstance(outcome, Failure) else outcome
             raise SystemExit(
                 f"chat: cannot listen on {self._description}: {reason}")
         self._port = outcome
         host = outcome.getHost()
         self._log.info("Chat server listening on {host}:{port}",
-                       host=host.host, port=host.port)
+                       host=getattr(host, "host", host),
+                       port=getattr(host, "port", ""))
 
     def stopService(self) -> Any:
         """
         Stop accepting, then tell every client that the server is going
         away and close it.
         """
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call] # unannotated in Twisted
         d = self._port.stopListening() if self._port is not None else None
         self._factory.closeAll("the server is shutting down; please reconnect")
         return d
@@ -191,9 +196,9 @@ def makeService(options: Options) -> IService:
     chat = ChatService(store, bus, passwords, options["node-id"], lease)
     top = MultiService()
     if IService.providedBy(bus):
-        bus.setServiceParent(top)
-    Presence(store, options["node-id"], lease, chat.sessions,
+        bus.setServiceParent(top)  # type: ignore[no-untyped-call] # unannotated in Twisted
+    Presence(store, options["node-id"], lease, chat.sessions,  # type: ignore[no-untyped-call] # unannotated in Twisted
              _reactor).setServiceParent(top)
-    ChatListener(options["port"], ChatFactory(
+    ChatListener(options["port"], ChatFactory(  # type: ignore[no-untyped-call] # unannotated in Twisted
         chat, options["max-line"])).setServiceParent(top)
     return top

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from collections import deque
 
+from chat.core.messages import ChatEvent
+
 Delivery = tuple[int, bytes]
 """A recipient's user id and a message id: one copy of a message (a group
 message has one id for all its recipients)."""
@@ -26,6 +28,33 @@ and stores it as an uncertain copy if that happens."""
 SUSPECT_SECONDS = 300.0
 """How long a node whose subscription was interrupted remembers the
 messages it had just received, to recognise stored copies of them."""
+
+
+class CountedPublishes:
+    """
+    The messages Redis counted as taken in the last L{UNCERTAIN_SECONDS},
+    with their recipients: until a subscriber has read them, a Redis crash
+    loses them, so a publisher whose link drops stores these.
+    """
+
+    def __init__(self) -> None:
+        self._counted: deque[tuple[float, int, ChatEvent]] = deque()
+
+    def add(self, now: float, userId: int, event: ChatEvent) -> None:
+        self._counted.append((now, userId, event))
+        self._settle(now)
+
+    def _settle(self, now: float) -> None:
+        """Messages counted long enough ago are no longer uncertain."""
+        counted = self._counted
+        while counted and counted[0][0] < now - UNCERTAIN_SECONDS:
+            counted.popleft()
+
+    def takeUncertain(self, now: float) -> list[tuple[int, ChatEvent]]:
+        """Every message still uncertain, forgotten here."""
+        self._settle(now)
+        counted, self._counted = self._counted, deque()
+        return [(userId, event) for _, userId, event in counted]
 
 
 class MessageIds:

@@ -107,13 +107,13 @@ class Presence(Service):
         self._lastFailure: Optional[float] = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call] # unannotated in Twisted
         self._loop = LoopingCall(self.renew)
         self._loop.clock = self._reactor
         self._loop.start(self.interval, now=False)
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call] # unannotated in Twisted
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         return self._store.stopNode(self._nodeId).addErrback(logFailure(

@@ -35,7 +35,6 @@ hands it back to the receiver):
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any, Callable, Iterable, Optional, Sequence
 from urllib.parse import urlsplit
 
@@ -52,7 +51,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chat.cluster.bus import IBusReceiver, IMessageBus, PublishOutcome
-from chat.cluster.dedup import UNCERTAIN_SECONDS
+from chat.cluster.dedup import UNCERTAIN_SECONDS, CountedPublishes
 from chat.cluster.redisclient import (
     RECONNECT_MAX_DELAY, RedisClient, RedisConnection, Reply,
 )
@@ -85,7 +84,7 @@ def unframe(message: bytes) -> ChatEvent:
     return ChatEvent.fromJSON(json, messageId)
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc] # untyped base
+class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc] # txredisapi is untyped
     """
     The subscribed connection: txredisapi's subscriber, which matches
     SUBSCRIBE replies to requests and tells messages apart.
@@ -168,7 +167,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc] # untype
             self.transport.abortConnection()
 
 
-class _SubscriberFactory(txredisapi.RedisFactory):  # type: ignore[misc] # untyped base
+class _SubscriberFactory(txredisapi.RedisFactory):  # type: ignore[misc] # txredisapi is untyped
     """txredisapi's factory, building L{_Subscriber}s that know the bus."""
 
     protocol = _Subscriber
@@ -214,7 +213,7 @@ class RedisBus(Service):
         self._watchdog: Optional[LoopingCall] = None
         self._everConnected = False
         self._unpoked: set[int] = set()
-        self._counted: deque[tuple[float, int, ChatEvent]] = deque()
+        self._counted = CountedPublishes()
         self._storing: set[Deferred[None]] = set()
         self._unsubscribing: set[Deferred[Any]] = set()
 
@@ -233,7 +232,7 @@ class RedisBus(Service):
     # Service ------------------------------------------------------------
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call] # unannotated in Twisted
         self._publisher.startService()
         self._subscriberFactory = _SubscriberFactory(self, self._dbid)
         self._subscriberFactory.startConnecting(self._endpoint)
@@ -242,7 +241,7 @@ class RedisBus(Service):
         self._watchdog.start(WATCH_SECONDS, now=False)
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call] # unannotated in Twisted
         if self._watchdog is not None and self._watchdog.running:
             self._watchdog.stop()
 
@@ -401,18 +400,11 @@ class RedisBus(Service):
             now = self.clock.seconds()
             for userId, outcome in zip(userIds, outcomes):
                 if isinstance(outcome, int) and outcome > 0:
-                    self._counted.append((now, userId, event))
-            self._forgetSettled(now)
+                    self._counted.add(now, userId, event)
             return outcomes
 
         return self._publishAll(
             [channelOf(u) for u in userIds], message).addCallback(counted)
-
-    def _forgetSettled(self, now: float) -> None:
-        """Messages counted long enough ago are no longer uncertain."""
-        counted = self._counted
-        while counted and counted[0][0] < now - UNCERTAIN_SECONDS:
-            counted.popleft()
 
     def _countedUncertain(self) -> None:
         """
@@ -422,10 +414,7 @@ class RedisBus(Service):
         duplicate, for those that did arrive, beats a loss: PROTOCOL.md
         section 5).
         """
-        now = self.clock.seconds()
-        self._forgetSettled(now)
-        counted, self._counted = self._counted, deque()
-        uncertain = [(u, e) for _, u, e in counted]
+        uncertain = self._counted.takeUncertain(self.clock.seconds())
         if uncertain and self.running and self._receiver is not None:
             self._log.warn("storing the {n} messages published in the last "
                            "{s} s, whose delivery Redis may not have "

@@ -20,13 +20,15 @@ with txredisapi's subscriber (L{chat.cluster.redisbus}).
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, cast
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol, IReactorTime, IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -109,7 +111,7 @@ class RedisConnection(Protocol):
         if not self._waiting:
             self.lastProgress = self._client.clock.seconds()
         self._waiting.extend([callback] * len(commands))
-        self.transport.write(  # type: ignore[union-attr] # connected
+        self.transport.write(  # type: ignore[union-attr] # only called while connected
             b"".join([encodeCommand(*c) for c in commands]))
 
     def prepared(self) -> None:
@@ -130,7 +132,7 @@ class RedisConnection(Protocol):
     def abort(self) -> None:
         """Drop the link at once (the commands waiting fail)."""
         if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined] # ITCPTransport
+            self.transport.abortConnection()  # type: ignore[attr-defined] # TCP transports provide it
 
     def dataReceived(self, data: bytes) -> None:
         self.lastProgress = self._client.clock.seconds()
@@ -189,7 +191,7 @@ class RedisClient(Service):
         self._service: Optional[ClientService] = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call] # unannotated in Twisted
         self._service = ClientService(
             self._endpoint, _ConnectionFactory(self), clock=self.clock,
             retryPolicy=backoffPolicy(initialDelay=0.2,
@@ -198,14 +200,18 @@ class RedisClient(Service):
         self._service.startService()
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call] # unannotated in Twisted
         service, self._service = self._service, None
         if service is None:
             return succeed(None)
-        return service.stopService()  # type: ignore[no-any-return] # untyped
+        stopped: Deferred[None] = service.stopService()
+        return stopped
 
-    def _prepare(self, connection: RedisConnection) -> Deferred[None]:
+    def _prepare(self, proxy: IProtocol) -> Deferred[None]:
         """Select the database, then hand the connection out."""
+        # ClientService hands over a proxy of the connection, which
+        # forwards every attribute to it.
+        connection = cast(RedisConnection, proxy)
         if self._dbid is None:
             connection.prepared()
             return succeed(None)

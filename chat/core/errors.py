@@ -4,7 +4,7 @@ The errors a request can fail with, one class per distinct outcome.
 Each carries the protocol's error number (PROTOCOL.md 3.4).  The codecs
 turn them into the dialect's reply; the classic login and register acks
 need to tell some of them apart, so those outcomes have classes of their
-own even where they share a number.
+own even where they share a number.  Nothing here knows a dialect's words.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ The vocabulary shared by both dialects, the service and the bus.
 
 Requests are what a client asks for, replies what the service answers,
 events what is pushed to a recipient.  The codecs translate bytes to and
-from these values; the service never sees a dialect.
+from these values; the service never sees a dialect.  This module owns
+those values and the one encoding of an event (its classic JSON); it never
+does I/O.
 """
 
 from __future__ import annotations

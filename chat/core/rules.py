@@ -4,6 +4,8 @@ What a name, a password or a text may contain (PROTOCOL.md 3.3).
 Each check raises L{InvalidValue} with a message a person can act on.
 The rules keep every text-dialect event on one line: no value carries a
 control character, apart from a tab inside a chat text or a description.
+The rules are pure checks of one value; whether a name is taken is the
+database's to say, never this module's.
 """
 
 from __future__ import annotations

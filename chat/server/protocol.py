@@ -151,10 +151,10 @@ class ChatProtocol(Protocol):
             return
         if len(self._queue) >= _PAUSE_AT and not self._paused:
             self._paused = True
-            self._transport().pauseProducing()  # type: ignore[attr-defined] # ITCPTransport
+            self._transport().pauseProducing()  # type: ignore[attr-defined] # TCP transports provide it
         elif self._paused and len(self._queue) < _PAUSE_AT // 2:
             self._paused = False
-            self._transport().resumeProducing()  # type: ignore[attr-defined] # ITCPTransport
+            self._transport().resumeProducing()  # type: ignore[attr-defined] # TCP transports provide it
 
     def _tooLong(self) -> None:
         error = LineTooLong(
@@ -300,7 +300,7 @@ def enableKeepAlive(transport: object) -> None:
     60 s idle, then 3 probes 10 s apart.
     """
     try:
-        sock = transport.getHandle()  # type: ignore[attr-defined] # ITCPTransport
+        sock = transport.getHandle()  # type: ignore[attr-defined] # TCP transports provide it
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
@@ -323,7 +323,7 @@ class ChatFactory(Factory):
         self.maxLength = maxLength
         self.connections: set[ChatProtocol] = set()
 
-    def buildProtocol(self, addr: IAddress) -> ChatProtocol:
+    def buildProtocol(self, addr: Optional[IAddress]) -> ChatProtocol:
         return ChatProtocol(self.service, self.maxLength, self.connections)
 
     def closeAll(self, reason: str) -> None:

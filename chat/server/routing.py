@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -60,6 +60,10 @@ class _Drain:
     def __init__(self) -> None:
         self.held: list[ChatEvent] = []
         self.again = False
+
+
+def _nothing() -> None:
+    pass
 
 
 def _taken(outcome: PublishOutcome) -> bool:
@@ -166,11 +170,12 @@ class Router:
                 if event.messageId is not None:
                     self._delivered.discard((userId, event.messageId))
 
-        def retry(failure: Failure) -> object:
+        def retry(failure: Failure) -> Deferred[None]:
             if failure.check(Unavailable) and attempt < STORE_ATTEMPTS:
-                return deferLater(self._clock, 1.0, self.storeEventually,
-                                  messages, attempt + 1)
-            return failure
+                later: Deferred[None] = deferLater(self._clock, 1.0, _nothing)
+                return later.addCallback(
+                    lambda _: self.storeEventually(messages, attempt + 1))
+            return fail(failure)
 
         d = self._storeAndPoke(messages).addErrback(retry)
         if attempt == 1:

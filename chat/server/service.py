@@ -12,7 +12,7 @@ and never runs SQL; the parts each say what they own.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Optional, Sequence
+from typing import Any, Callable, Coroutine, Optional, Sequence
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -39,7 +39,9 @@ from chat.storage.store import Store
 Handler = Callable[[ISession, Any], Answer]
 
 
-def _deferred(handler: Callable[[ISession, Any], Awaitable[Reply]]) -> Handler:
+def _deferred(
+        handler: Callable[[ISession, Any], Coroutine[Any, Any, Reply]]
+) -> Handler:
     """An C{async def} handler, at the boundary: its coroutine as a
     Deferred."""
     return lambda session, request: ensureDeferred(handler(session, request))

@@ -10,7 +10,7 @@ module holds only the two interfaces.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -18,9 +18,10 @@ from zope.interface import Attribute, Interface
 from chat.core.errors import NotLoggedIn
 from chat.core.messages import ChatEvent, Reply, Request
 
-Answer = Union[Reply, "Deferred[Reply]"]
+Answer = Union[Reply, "Deferred[Any]"]
 """A request's reply, or a Deferred firing with it (a local chat needs no
-Deferred at all)."""
+Deferred at all).  (Deferred is invariant, so the Deferred of one kind of
+reply is no Deferred[Reply] to mypy: hence Any.)"""
 
 
 class ISession(Interface):

@@ -109,7 +109,7 @@ _LOCK_RETRIES = 3
 """How many times a transaction that lost a deadlock is run again."""
 
 
-def errorCode(error: BaseException) -> object:
+def errorCode(error: Optional[BaseException]) -> object:
     """The driver's error number of C{error}, if it has one."""
     args = getattr(error, "args", ())
     return args[0] if args else None
@@ -120,9 +120,10 @@ def _connectionDied(failure: Failure) -> bool:
         return True
     value = failure.value
     name = type(value).__name__
+    code = errorCode(value)
     return name == "InterfaceError" or (
-        name == "OperationalError" and errorCode(value) in (
-            None, *_RECONNECT_CODES))
+        name == "OperationalError" and (code is None or
+                                        code in _RECONNECT_CODES))
 
 
 class BadDatabaseURL(ValueError):

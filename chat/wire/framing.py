@@ -5,6 +5,8 @@ A message ends at LF or at NUL (the classic client sends JSON then one
 NUL); a CR just before the terminator is dropped.  Unlike LineReceiver,
 which copies the rest of its buffer for every line it splits off, a whole
 read is split at once, which matters when clients pipeline many messages.
+This module owns the message boundaries and the length limit; it never
+looks inside a message.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Requests are JSON objects keyed by C{msgid} (PROTOCOL.md 3.1); replies are
 the classic acks, plus ACK 11 for what the classic server answers with
 silence.  A classic client (one that ends its first request with NUL) gets
 no ACK 11 for a success, since it reads every C{recv()} as one object.
+This module owns the JSON words; it never does I/O, and how a classic
+connection is paced is the protocol's.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def _field(obj: dict[str, Any], key: str, kind: type) -> Any:
         if kind is int and type(value) is float and abs(value) >= 2.0**63:
             raise _WideInteger(key)
         raise BadRequest(f"field {key!r} must be {_KIND_NAMES[kind]}")
-    if kind is int and value > rules.MAX_ID:
+    if type(value) is int and value > rules.MAX_ID:
         return rules.MAX_ID + 1
     return value
 

@@ -6,6 +6,7 @@ final argument of C{chat}, C{groupchat} and C{creategroup} runs to the end
 of the line.  The classic client's colon form (C{chat:2:hello}) is read
 too.  Every command is answered by one C{OK ...} or C{ERR <errno> ...} line
 (C{ping} by C{PONG}); list replies say how many indented lines follow.
+This module owns the text words; it never does I/O.
 """
 
 from __future__ import annotations
