@@ -64,7 +64,9 @@ class User:
     """
     One simulated client.  C{slot} numbers it for the whole run (and picks
     its source address); C{worker} is the process that holds its
-    connection.
+    connection.  A C{classic} client ends its requests in NUL, as the
+    classic client does (no ACK for what succeeds); any other in C{"\n"}
+    (an ACK 11 for every request).
     """
 
     slot: int
@@ -74,6 +76,7 @@ class User:
     password: str
     uid: Optional[int] = None
     source: str = "127.0.0.1"
+    classic: bool = True
 
 
 @dataclass
@@ -244,11 +247,13 @@ class LoadGen:
     # Users --------------------------------------------------------------------
 
     def addUsers(self, count: int, address: tuple[str, int],
-                 workers: Optional[Sequence[int]] = None, tag: str = "u") -> list[User]:
+                 workers: Optional[Sequence[int]] = None, tag: str = "u",
+                 classic: bool = True) -> list[User]:
         """
         C{count} new users to connect to C{address}, dealt round robin over
-        C{workers} (default all).  The source address moves on every
-        C{portsPerAddress} slots: 127.0.0.1, 127.0.0.2, ...
+        C{workers} (default all), with the framing C{classic} chooses.  The
+        source address moves on every C{portsPerAddress} slots: 127.0.0.1,
+        127.0.0.2, ...
         """
         pool = list(workers) if workers is not None else list(range(self.workerCount))
         made = []
@@ -256,7 +261,7 @@ class LoadGen:
             slot = next(self._slots)
             source = f"127.0.0.{1 + slot // self.portsPerAddress}"
             user = User(slot, f"{self.prefix}{tag}{slot}", pool[i % len(pool)],
-                        address, self.password, source=source)
+                        address, self.password, source=source, classic=classic)
             made.append(user)
         self.users.extend(made)
         self._checkFileLimit()
@@ -283,7 +288,8 @@ class LoadGen:
 
     def connect(self, users: Sequence[User], concurrency: int = 200) -> None:
         results = self.broadcast("connect", {
-            w: {"items": [(u.slot, u.address[0], u.address[1], u.source) for u in group],
+            w: {"items": [(u.slot, u.address[0], u.address[1], u.source, u.classic)
+                          for u in group],
                 "concurrency": concurrency}
             for w, group in self._byWorker(users).items()})
         failed = sum(r["failedCount"] for r in results.values())
