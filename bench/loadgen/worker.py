@@ -10,9 +10,19 @@ Protocol's C{data_received} sees each read whole, so a read holding fifty
 events is scanned with one regular expression call instead of fifty
 C{readline}s.
 
-Every request is sent exactly as the classic client sends it: one compact
-JSON object followed by one NUL byte, so the server treats every connection
-as a classic one (no ACK for a request that succeeds).
+Every request is one compact JSON object followed by its connection's
+terminator.  By default that is one NUL byte, exactly as the classic client
+sends it, so the server treats the connection as a classic one (no ACK for
+a request that succeeds).  A connection opened with C{classic=False} ends
+its requests in C{"\n"} instead and gets an ACK 11 for every request; the
+generator counts the ones that succeed (L{Worker.acks}) and counts any
+other as an error reply.
+
+The many-users pattern (L{Worker.cmd_openLoop}) gives every sender its own
+open-loop schedule and writes each message on its own, at its scheduled
+time whatever the server does, stamped with that scheduled time: a server
+that falls behind shows as latency, not as a generator that waits for it
+(coordinated omission).
 
 Chat texts carry a marker, C{bm|STEP|SENDER|SEQ|SENT_NS|}, that names the
 measurement step, the sending slot, a per-sender sequence number and the
@@ -26,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import random
 import re
 import resource
 import socket
@@ -274,6 +285,41 @@ class Conn(asyncio.Protocol):
         self.closing = True
         if self.transport is not None:
             self.transport.close()
+
+
+def schedule(senders: int, perSender: float, duration: float, start: int,
+             arrivals: str, rng: random.Random) -> tuple[array, array]:
+    """
+    The send times (monotonic ns, sorted) of C{senders} independent senders
+    at C{perSender} messages/s each for C{duration} seconds from C{start},
+    and which sender sends at each.  C{arrivals} is C{"poisson"}
+    (exponential gaps: together the senders are a Poisson stream, bursts
+    and lulls included, as a population of people is) or C{"even"} (each
+    sender evenly spaced, with a random phase).  Computed before the step
+    starts, so sending costs no arithmetic of this kind.
+    """
+    events: list[tuple[int, int]] = []
+    span = duration * 1e9
+    gap = 1e9 / perSender
+    for sender in range(senders):
+        if arrivals == "poisson":
+            t = rng.expovariate(1.0) * gap
+            while t < span:
+                events.append((start + int(t), sender))
+                t += rng.expovariate(1.0) * gap
+        elif arrivals == "even":
+            t = rng.random() * gap
+            while t < span:
+                events.append((start + int(t), sender))
+                t += gap
+        else:
+            raise ValueError(f"unknown arrivals {arrivals!r}")
+    events.sort()
+    return array("q", (t for t, _ in events)), array("l", (k for _, k in events))
+
+
+def _discard(data: bytes) -> None:
+    """Where a sender without a connection writes: its messages count as lost."""
 
 
 def _jsonString(text: str) -> bytes:
@@ -679,6 +725,58 @@ class Worker:
             if sent < total:
                 await asyncio.sleep(tick)
         return {"sent": sent, "maxLag": maxLag}
+
+    async def cmd_openLoop(self, step: int, plan: list[tuple[int, int]],
+                           rate: float, start: int, duration: float,
+                           pad: int = 0, arrivals: str = "poisson",
+                           tick: float = 0.001) -> dict[str, Any]:
+        """
+        The many-users pattern: each sender of C{plan} chats to its
+        recipient on a schedule of its own (L{schedule}) at C{rate /
+        len(plan)} messages/s, from C{start} (monotonic ns) for C{duration}
+        seconds; open loop, so replies and a slow server change nothing.
+
+        Each message is one C{transport.write} (one TCP segment, as the
+        sockets have TCP_NODELAY), written as soon as its time has come and
+        stamped with its scheduled time, not the time it was written: when
+        this loop or the server falls behind, the lateness counts as
+        latency.  Fires with the number sent, and the lag of every message
+        (write time minus scheduled time, µs) to show whether the generator
+        kept up.  The schedule's random numbers are seeded by the step and
+        this worker, so a run can be repeated exactly.
+
+        Why it never sleeps less than C{tick}: the loop's timers have a
+        resolution of 1 ms (uvloop rounds a shorter delay to 0), so a
+        sleep until a message 0.3 ms away spins, about 140,000 empty
+        wake-ups a second, burning the core the server needs.  Messages
+        that fall due within one tick are still written one by one, up to
+        a tick late, and that lateness is in their latency and their lag.
+        """
+        if not plan or rate <= 0:
+            return {"sent": 0, "maxLag": 0, "lags": b""}
+        users, templates = self._templates(step, plan, pad)
+        writes = [u.conn.send if u.conn is not None else _discard for u in users]
+        seqs = [u.seq for u in users]
+        times, who = schedule(len(plan), rate / len(plan), duration, start,
+                              arrivals, random.Random(step * 1000 + self.workerId))
+        lags = array("q")
+        clock = time.monotonic_ns
+        i, total = 0, len(times)
+        while i < total:
+            now = clock()
+            while i < total and times[i] <= now:
+                k = who[i]
+                seqs[k] += 1
+                writes[k](templates[k] % (seqs[k], times[i]))
+                lags.append((now - times[i]) // 1000)
+                i += 1
+                now = clock()
+            if i < total:
+                await asyncio.sleep(max(tick, (times[i] - now) / 1e9))
+        for user, seq in zip(users, seqs):
+            user.seq = seq
+        return {"sent": total, "maxLag": max(lags, default=0) * 1000,
+                "lags": lags.tobytes()}
 
     async def cmd_groupSend(self, step: int, slot: int, groupId: int,
                             count: int = 1, pad: int = 0) -> dict[str, Any]:
