@@ -60,6 +60,15 @@ class Settings:
     rttCount: int = 200
     portsPerAddress: int = 25000
     haproxy: bool = False
+    usersPairs: int = 500
+    usersRates: tuple[float, ...] = (1000, 2500, 5000, 7500, 10000, 15000, 20000,
+                                     30000, 40000)
+    usersStepDuration: float = 4.0
+    usersRefRate: float = 5000.0
+    usersArrivals: str = "poisson"
+    usersClassic: bool = False
+    usersColdRate: float = 1000.0
+    usersColdDuration: float = 5.0
 
     def public(self) -> dict[str, Any]:
         out = asdict(self)
@@ -96,14 +105,14 @@ def _newLoadGen(settings: Settings, workers: Optional[int] = None) -> LoadGen:
 
 
 def _pairs(lg: LoadGen, count: int, senderAt: tuple[str, int],
-           recipientAt: tuple[str, int]) -> list[tuple[User, User]]:
+           recipientAt: tuple[str, int], classic: bool = True) -> list[tuple[User, User]]:
     """
     C{count} senders and their recipients, registered and logged in.  A
     pair's two ends live in different processes when there are several,
     so every message crosses from one process to another.
     """
-    senders = lg.addUsers(count, senderAt, tag="s")
-    recipients = lg.addUsers(count, recipientAt, tag="r")
+    senders = lg.addUsers(count, senderAt, tag="s", classic=classic)
+    recipients = lg.addUsers(count, recipientAt, tag="r", classic=classic)
     for i, (s, r) in enumerate(zip(senders, recipients)):
         s.worker = i % lg.workerCount
         r.worker = (i + 1) % lg.workerCount
@@ -129,19 +138,49 @@ def _cpuMetrics(cpu: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def measureChat(lg: LoadGen, pairs: Sequence[tuple[User, User]], settings: Settings,
-                dep: Deployment, rate: float, duration: float) -> dict[str, Any]:
+def _cpuPerMessage(used: dict[str, float], delivered: int) -> dict[str, Optional[float]]:
     """
-    One step of one-to-one chats at C{rate}: the metrics of one run.
+    CPU time per delivered message, µs: the server's processes summed (the
+    node, both nodes, or the relay), each node when there are several,
+    Redis, MariaDB, and the generator's processes summed.  Why per message:
+    unlike CPU %, it does not grow with the offered rate, so it compares
+    deployments, and a node with the relay, at whatever rate each ran.
+    """
+    def per(seconds: float) -> Optional[float]:
+        return round(seconds * 1e6 / delivered, 1) if delivered else None
+
+    nodes = {k: v for k, v in used.items() if k.startswith("node")}
+    out = {"CPU µs/msg server": per(sum(nodes.values()))}
+    if len(nodes) > 1:
+        out.update({f"CPU µs/msg {k}": per(v) for k, v in nodes.items()})
+    out.update({f"CPU µs/msg {k}": per(used[k]) for k in ("redis", "mariadbd", "haproxy")
+                if k in used})
+    out["CPU µs/msg generator"] = per(sum(v for k, v in used.items() if k.startswith("gen")))
+    return out
+
+
+def measureChat(lg: LoadGen, pairs: Sequence[tuple[User, User]], settings: Settings,
+                dep: Deployment, rate: float, duration: float, pattern: str = "batched",
+                warmup: Optional[float] = None) -> dict[str, Any]:
+    """
+    One step of one-to-one chats at C{rate}, in the batched (pipelined)
+    or the many-users (C{"users"}) pattern: the metrics of one run.
+    Latencies count from C{warmup} seconds in (default C{settings.warmup}).
 
     delivered msgs/s is the messages delivered live divided by the time
     from the first send to the last arrival, so a server that falls behind
     shows its real rate, not the offered one.
     """
+    warmup = settings.warmup if warmup is None else warmup
     meter = CpuMeter(_pids(dep, lg)).start()
-    step, result, start = lg.chat(pairs, rate, duration, warmup=settings.warmup,
-                                  pad=settings.pad, tick=settings.tick,
-                                  drainTimeout=settings.drainTimeout)
+    if pattern == "users":
+        step, result, start = lg.openLoop(pairs, rate, duration, warmup=warmup,
+                                          pad=settings.pad, arrivals=settings.usersArrivals,
+                                          drainTimeout=settings.drainTimeout)
+    else:
+        step, result, start = lg.chat(pairs, rate, duration, warmup=warmup,
+                                      pad=settings.pad, tick=settings.tick,
+                                      drainTimeout=settings.drainTimeout)
     elapsed = max(1e-9, ((result.lastArrival or time.monotonic_ns()) - start) / 1e9)
     # the lead-in before the first send is idle: divide by the time since it
     cpu = meter.stop(wall=(time.monotonic_ns() - start) / 1e9)
@@ -157,7 +196,13 @@ def measureChat(lg: LoadGen, pairs: Sequence[tuple[User, User]], settings: Setti
     }
     metrics.update(latencySummary(result.latencies))
     metrics.update(_cpuMetrics(cpu))
+    metrics.update(_cpuPerMessage(meter.used, result.live))
     metrics["generator lag ms"] = round(result.maxLag / 1e6, 1)
+    if pattern == "users":
+        lagP99 = percentile(result.lags, 0.99)
+        metrics["generator lag p99 ms"] = None if lagP99 is None else round(lagP99 / 1000, 2)
+        metrics["ACKs"] = result.acks
+        metrics["error replies"] = result.errorReplies
     return metrics
 
 
@@ -173,6 +218,43 @@ def _holds(metrics: dict[str, Any], settings: Settings) -> tuple[bool, str]:
     return True, "held"
 
 
+_SATURATION_ROW = ("delivered msgs/s", "lost", "p50 ms", "p99 ms", "generator lag ms")
+"""The columns of a saturation step's row, besides the CPU % ones."""
+
+_USERS_ROW = ("sent", "delivered msgs/s", "lost", "duplicates", "ACKs", "error replies",
+              "p50 ms", "p99 ms", "max ms", "generator lag p99 ms", "generator lag ms")
+"""
+The columns of a many-users step's row, besides the CPU ones: the counts
+first, so that a reader (and the smoke test) sees every message accounted
+for, ACKs included.
+"""
+
+
+def _tryRate(measure: Callable[[float], dict[str, Any]], rate: float, settings: Settings,
+             steps: list[dict[str, Any]], columns: Sequence[str]) -> tuple[bool, dict[str, Any]]:
+    """
+    Measure one offered rate and add its row to C{steps}; fires with
+    whether it held and its metrics.  A p99 failure is measured again
+    (C{satConfirm} times) before it counts, because on a shared machine one
+    stall of another tenant's 100 ms is enough to spoil the p99 of a 3 s
+    step.  A loss is never given a second chance.
+    """
+    rate = float(round(rate))
+    for attempt in range(1 + settings.satConfirm):
+        metrics = measure(rate)
+        ok, why = _holds(metrics, settings)
+        lag = metrics.get("generator lag p99 ms")
+        if lag is not None and lag > settings.p99LimitMs / 10:
+            why += f"; generator late (lag p99 {lag:.1f} ms)"
+        steps.append({"offered msgs/s": rate, "outcome": why + (" (again)" if attempt else ""),
+                      **{k: metrics[k] for k in columns if k in metrics},
+                      **{k: v for k, v in metrics.items() if k.startswith("CPU ")}})
+        time.sleep(0.5)  # let the server settle between steps
+        if ok or metrics["lost"] > 0:
+            break
+    return ok, metrics
+
+
 def saturate(lg: LoadGen, pairs: Sequence[tuple[User, User]], settings: Settings,
              dep: Deployment) -> tuple[Optional[float], Optional[float], list[dict[str, Any]]]:
     """
@@ -183,25 +265,9 @@ def saturate(lg: LoadGen, pairs: Sequence[tuple[User, User]], settings: Settings
     steps: list[dict[str, Any]] = []
 
     def tryRate(rate: float) -> bool:
-        """
-        One rate; a p99 failure is measured again (C{satConfirm} times)
-        before it counts, because on a shared machine one stall of another
-        tenant's 100 ms is enough to spoil the p99 of a 3 s step.  A loss
-        is never given a second chance.
-        """
-        rate = float(round(rate))
-        for attempt in range(1 + settings.satConfirm):
-            metrics = measureChat(lg, pairs, settings, dep, rate, settings.satStepDuration)
-            ok, why = _holds(metrics, settings)
-            steps.append({"offered msgs/s": rate,
-                          "outcome": why + (" (again)" if attempt else ""), **{
-                k: metrics[k] for k in ("delivered msgs/s", "lost", "p50 ms", "p99 ms",
-                                       "generator lag ms") if k in metrics},
-                **{k: v for k, v in metrics.items() if k.startswith("CPU %")}})
-            time.sleep(0.5)  # let the server settle between steps
-            if ok or metrics["lost"] > 0:
-                return ok
-        return False
+        return _tryRate(lambda r: measureChat(lg, pairs, settings, dep, r,
+                                              settings.satStepDuration),
+                        rate, settings, steps, _SATURATION_ROW)[0]
 
     held: Optional[float] = None
     failed: Optional[float] = None
@@ -244,6 +310,22 @@ def _notes(lg: LoadGen, deps: Sequence[Deployment]) -> list[str]:
     return notes
 
 
+def _deploy(owner: Owner, settings: Settings, cross: bool, viaHAProxy: bool = False
+            ) -> tuple[Deployment, tuple[str, int], tuple[str, int]]:
+    """
+    The deployment of a chat scenario and where its senders and recipients
+    connect: one node (both there), two nodes (senders on A, recipients on
+    B), or HAProxy in front of two (both through it).
+    """
+    if cross or viaHAProxy:
+        dep = cluster(owner, root=settings.root, haproxy=viaHAProxy)
+        if viaHAProxy:
+            return dep, dep.proxyAddress, dep.proxyAddress
+        return dep, dep.address(0), dep.address(1)
+    dep = singleNode(owner, root=settings.root)
+    return dep, dep.address(0), dep.address(0)
+
+
 def _guard(result: ScenarioResult, body: Callable[[], None]) -> ScenarioResult:
     """Run a scenario body; a failure becomes the result's error, not a crash."""
     began = time.monotonic()
@@ -280,15 +362,7 @@ def chatFixed(settings: Settings, cross: bool = False, viaHAProxy: bool = False)
 
     def body() -> None:
         with Owner() as owner:
-            if cross or viaHAProxy:
-                dep = cluster(owner, root=settings.root, haproxy=viaHAProxy)
-                if viaHAProxy:
-                    senderAt = recipientAt = dep.proxyAddress
-                else:
-                    senderAt, recipientAt = dep.address(0), dep.address(1)
-            else:
-                dep = singleNode(owner, root=settings.root)
-                senderAt = recipientAt = dep.address(0)
+            dep, senderAt, recipientAt = _deploy(owner, settings, cross, viaHAProxy)
             result.deployment = dep.label
             base = relay(owner) if settings.baseline else None
             with _newLoadGen(settings) as lg:
@@ -339,12 +413,7 @@ def saturation(settings: Settings, cross: bool = False) -> ScenarioResult:
 
     def body() -> None:
         with Owner() as owner:
-            if cross:
-                dep = cluster(owner, root=settings.root)
-                senderAt, recipientAt = dep.address(0), dep.address(1)
-            else:
-                dep = singleNode(owner, root=settings.root)
-                senderAt = recipientAt = dep.address(0)
+            dep, senderAt, recipientAt = _deploy(owner, settings, cross)
             result.deployment = dep.label
             with _newLoadGen(settings) as lg:
                 pairs = _pairs(lg, settings.pairs, senderAt, recipientAt)
