@@ -174,7 +174,11 @@ def byPart(results: Sequence[ScenarioResult]) -> list[ScenarioResult]:
 
 def renderMarkdown(results: Sequence[ScenarioResult], settings: Settings,
                    machine: dict[str, Any], title: str, preamble: str = "",
-                   command: str = "") -> str:
+                   command: str = "", plots: Sequence[tuple[str, str]] = ()) -> str:
+    """
+    The report.  C{plots}: (caption, path relative to the report) of
+    charts to show under the summary.
+    """
     out = [f"# {title}", ""]
     if preamble:
         out += [preamble.strip(), ""]
@@ -189,6 +193,8 @@ def renderMarkdown(results: Sequence[ScenarioResult], settings: Settings,
             "each number means.", ""]
     results = byPart(results)
     out += ["## Summary", ""] + _summaryTable(results) + [""]
+    if plots:
+        out += ["## Charts", ""] + [f"![{caption}]({path})" for caption, path in plots] + [""]
     part = None
     for result in results:
         if patternOf(result.key) != part:
@@ -300,26 +306,48 @@ def loadJSON(path: Path) -> tuple[list[ScenarioResult], dict[str, Any], dict[str
     return results, data["settings"], data["machine"]
 
 
+def drawPlots(results: Sequence[ScenarioResult], directory: Path,
+              report: Optional[Path]) -> list[tuple[str, str]]:
+    """
+    Write the charts (L{bench.plots}) into C{directory}; returns their
+    captions and paths relative to the C{report} that will show them.
+    """
+    from .plots import render
+
+    base = report.parent if report is not None else Path.cwd()
+    return [(caption, os.path.relpath(path, base)) for caption, path in
+            render(results, directory)]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """
-    Render a report again from its JSON, e.g. with a new preamble, without
-    running anything: C{python -m bench.report RUN.json --out REPORT.md
-    [--title T] [--preamble-file P.md] [--command C]}.
+    Render a report again from its JSON, e.g. with a new preamble, and/or
+    draw its charts, without running anything: C{python -m bench.report
+    RUN.json [--out REPORT.md] [--plot DIR] [--title T] [--preamble-file
+    P.md] [--command C]}.
     """
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m bench.report")
     parser.add_argument("json", type=Path)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="the Markdown report to write")
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG charts into DIR")
     parser.add_argument("--title", default="Benchmarks")
     parser.add_argument("--preamble-file", type=Path)
     parser.add_argument("--command", default="")
     options = parser.parse_args(argv)
+    if options.out is None and options.plot is None:
+        parser.error("give --out, --plot or both")
     results, settings, machine = loadJSON(options.json)
+    plots = drawPlots(results, options.plot, options.out) if options.plot else []
+    for caption, path in plots:
+        print(f"bench.report: {options.plot / Path(path).name}: {caption}")
+    if options.out is None:
+        return
     preamble = options.preamble_file.read_text() if options.preamble_file else ""
     command = options.command or json.loads(options.json.read_text()).get("command", "")
     options.out.write_text(renderMarkdown(results, Settings(), machine, options.title,
-                                          preamble, command))
+                                          preamble, command, plots))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ and write a Markdown report (plus the raw numbers as JSON).
     python -m bench.run --quick --out /tmp/smoke.md           # seconds
     python -m bench.run --scenarios chat-local,saturation-local --runs 5
     python -m bench.run --commit HEAD --out docs/BENCHMARKS.md
-    python -m bench.run --scenarios users-local,users-cross --runs 1
+    python -m bench.run --scenarios users-local --plot /tmp/plots
 
 The many-users scenarios (users-*) run first and lead the report; the
 batched (pipelined) ones follow.
@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from tests.harness.process import ROOT
 
-from .report import _git, machineInfo, patternOf, renderMarkdown, writeJSON
+from .report import _git, drawPlots, machineInfo, patternOf, renderMarkdown, writeJSON
 from .scenarios import (
     ScenarioResult, Settings, chatFixed, connections, fanout, login, saturation, users,
     usersColdStart,
@@ -111,6 +111,8 @@ def parser() -> argparse.ArgumentParser:
                        help="users-coldstart: msgs/s right after the node starts")
     users.add_argument("--users-cold-duration", type=float, default=5.0,
                        help="users-coldstart: seconds measured from the first message")
+    p.add_argument("--plot", type=Path, default=None, metavar="DIR",
+                   help="also write PNG charts (matplotlib) into DIR")
     return p
 
 
@@ -260,6 +262,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         if frozen is not None:
             shutil.rmtree(frozen, ignore_errors=True)
+    if options.plot is not None:
+        plots = drawPlots(results, options.plot, out)
+        out.write_text(renderMarkdown(results, settings, machine, options.title,
+                                      options.preamble, command, plots))
+        print(f"bench: {len(plots)} charts in {options.plot}", file=sys.stderr)
     print(f"bench: report in {out} ({time.monotonic() - began:.0f} s)", file=sys.stderr)
     failed = [r.key for r in results if r.error]
     lost = {r.key: lostIn(r) for r in results if lostIn(r)}
