@@ -85,8 +85,9 @@ def _rateAxes(axes: "Axes", result: ScenarioResult, metrics: Sequence[str],
     drawn = False
     for label, style in (("node", "-"), ("relay", "--")):
         for metric in metrics:
-            drawn |= _draw(axes, stepSeries(result, label, metric),
-                           f"{_LABELS[label]} {metric.replace(' ms', '')}", style)
+            name = _LABELS[label] if len(metrics) == 1 else \
+                f"{_LABELS[label]} {metric.replace(' ms', '')}"
+            drawn |= _draw(axes, stepSeries(result, label, metric), name, style)
     if not drawn:
         return False
     if metrics[-1].endswith("ms"):
