@@ -18,23 +18,8 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .report import _HEADLINES, _fmt
+from .report import _fmt, headlineKeys
 from .stats import Summary, summarise
-
-HEADLINE_EXTRA = {
-    "fanout": ["completion p50 ms", "completion max ms", "burst deliveries/s", "lost"],
-}
-
-
-def _headlines(key: str, metrics: Sequence[str]) -> list[str]:
-    if key in _HEADLINES:
-        return _HEADLINES[key]
-    if key.startswith("fanout"):
-        return HEADLINE_EXTRA["fanout"]
-    if key == "connections":
-        return [m for m in metrics if "RSS MiB" in m or "KiB per connection" in m
-                or "RTT p99" in m]
-    return list(metrics)
 
 
 def _medians(result: dict[str, Any], which: str) -> dict[str, Summary]:
@@ -58,7 +43,7 @@ def compare(before: dict[str, Any], after: dict[str, Any], labels: tuple[str, st
             continue
         a, b = _medians(result, "runs"), _medians(old[key], "runs")
         aBase, bBase = _medians(result, "baseline"), _medians(old[key], "baseline")
-        for metric in _headlines(key, list(a)):
+        for metric in headlineKeys(key, list(a)):
             if metric not in a and metric not in b:
                 continue
             am = a[metric].median if metric in a else None

@@ -11,6 +11,10 @@ node cannot relay faster than a LineReceiver that does nothing else.
 It is deliberately naive in the way a first Twisted server is (LineReceiver,
 one decode and one encode per message), and it keeps messages for offline
 users in memory so the generator's final re-login check works unchanged.
+Like the server, it takes the framing from a connection's first message: a
+NUL makes it classic (no ACK for what succeeds), a newline makes it send
+an ACK 11 for every silent request, so that the many-users pattern costs
+it the same replies it costs a node.
 
     python -m bench.relay --port 0 [--codec orjson|json]
 """
@@ -29,7 +33,10 @@ from twisted.protocols.basic import LineReceiver
 
 
 class Relay(LineReceiver):
-    """One client; its messages end in NUL, as the classic client sends them."""
+    """
+    One client; its messages end in NUL, as the classic client sends them,
+    or in a newline, whichever its first message ends in.
+    """
 
     delimiter = b"\0"
     MAX_LENGTH = 65536
@@ -38,6 +45,16 @@ class Relay(LineReceiver):
         self.hub = hub
         self.userId: Optional[int] = None
         self.name = ""
+        self.classic: Optional[bool] = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.classic is None:
+            # the first terminator to arrive fixes the framing for good
+            nul, newline = data.find(b"\0"), data.find(b"\n")
+            if nul >= 0 or newline >= 0:
+                self.classic = newline < 0 or 0 <= nul < newline
+                self.delimiter = b"\0" if self.classic else b"\n"
+        super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
         line = line.strip(b"\r\n \t")
@@ -57,6 +74,11 @@ class Relay(LineReceiver):
 
     def reply(self, obj: dict[str, Any]) -> None:
         self.transport.write(self.hub.dumps(obj) + b"\n")
+
+    def ack(self, req: int, **fields: Any) -> None:
+        """The ACK 11 a non-classic connection gets for a silent request."""
+        if not self.classic:
+            self.reply({"msgid": 11, "req": req, "errno": 0, **fields})
 
     def connectionLost(self, reason: Any = None) -> None:
         if self.userId is not None and self.hub.online.get(self.userId) is self:
@@ -113,13 +135,16 @@ class Hub(Factory):
         if client.userId is not None:
             self.online.pop(client.userId, None)
             client.userId = None
+        client.ack(3)
 
-    def _deliver(self, userId: int, payload: bytes) -> None:
+    def _deliver(self, userId: int, payload: bytes) -> bool:
+        """Push to the online user or keep it for the next login; True if pushed."""
         target = self.online.get(userId)
         if target is not None:
             target.transport.write(payload + b"\n")
-        else:
-            self.offline.setdefault(userId, []).append(payload)
+            return True
+        self.offline.setdefault(userId, []).append(payload)
+        return False
 
     def chat(self, client: Relay, request: dict[str, Any]) -> None:
         if client.userId is None:
@@ -129,27 +154,35 @@ class Hub(Factory):
         if toId not in self.accounts:
             client.reply({"msgid": 11, "req": 6, "errno": 104, "errmsg": "no such user"})
             return
-        self._deliver(toId, self.dumps({
+        online = self._deliver(toId, self.dumps({
             "msgid": 6, "id": client.userId, "name": client.name, "toid": toId,
             "msg": request["msg"], "time": request.get("time", "")}))
+        client.ack(6, delivery="online" if online else "offline")
 
     def createGroup(self, client: Relay, request: dict[str, Any]) -> None:
         groupId = next(self.ids)
         self.groups[groupId] = {client.userId}
         self.groupNames = getattr(self, "groupNames", {})
         self.groupNames[groupId] = request["groupname"]
+        client.ack(8, groupid=groupId)
 
     def joinGroup(self, client: Relay, request: dict[str, Any]) -> None:
         self.groups.setdefault(request["groupid"], set()).add(client.userId)
+        client.ack(9, groupid=request["groupid"])
 
     def groupChat(self, client: Relay, request: dict[str, Any]) -> None:
         groupId = request["groupid"]
         payload = self.dumps({"msgid": 10, "id": client.userId, "name": client.name,
                               "groupid": groupId, "msg": request["msg"],
                               "time": request.get("time", "")})
+        pushed = stored = 0
         for member in self.groups.get(groupId, ()):
             if member != client.userId:
-                self._deliver(member, payload)
+                if self._deliver(member, payload):
+                    pushed += 1
+                else:
+                    stored += 1
+        client.ack(10, online=pushed, offline=stored)
 
     def ping(self, client: Relay, request: dict[str, Any]) -> None:
         client.reply({"msgid": 13})

@@ -135,9 +135,50 @@ def _table(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+PARTS = {
+    "users": ("Many users pattern (headline)",
+              "Each sender has its own open-loop schedule (Poisson by default) at "
+              "rate / senders and writes every message in a write of its own "
+              "(TCP_NODELAY: one message per segment), at its scheduled time whatever "
+              "the server does; latency counts from that scheduled time, so a server "
+              "that falls behind shows its queueing (no coordinated omission). This is "
+              "how a population of people loads a server: one read and one write per "
+              "message. *CPU µs/msg* is the CPU time of the process(es) over the step "
+              "divided by the messages delivered; *generator lag* is how late the "
+              "generator wrote messages against their schedule (it is part of the "
+              "latency: when it grows, the generator, not the server, is the limit). "
+              "*sustained* is the highest step with p99 within the limit and nothing lost."),
+    "batched": ("Batched (pipelined) pattern",
+                "Every 2 ms a generator process writes each connection's due messages in "
+                "one write, so the server reads many messages at once and pays its per-read "
+                "and per-write costs rarely: a pipelining client, not a population of users. "
+                "Its rates are far above what the many users pattern reaches."),
+    "other": ("Other scenarios", ""),
+}
+"""The report's parts, in order: title and what a reader must know first."""
+
+
+def patternOf(key: str) -> str:
+    """Which part of the report a scenario belongs to (L{PARTS})."""
+    if key.startswith("users-"):
+        return "users"
+    if key.startswith(("chat-", "saturation-")):
+        return "batched"
+    return "other"
+
+
+def byPart(results: Sequence[ScenarioResult]) -> list[ScenarioResult]:
+    """The results in the order of the report's parts, run order within each."""
+    return sorted(results, key=lambda r: list(PARTS).index(patternOf(r.key)))
+
+
 def renderMarkdown(results: Sequence[ScenarioResult], settings: Settings,
                    machine: dict[str, Any], title: str, preamble: str = "",
-                   command: str = "") -> str:
+                   command: str = "", plots: Sequence[tuple[str, str]] = ()) -> str:
+    """
+    The report.  C{plots}: (caption, path relative to the report) of
+    charts to show under the summary.
+    """
     out = [f"# {title}", ""]
     if preamble:
         out += [preamble.strip(), ""]
@@ -150,9 +191,17 @@ def renderMarkdown(results: Sequence[ScenarioResult], settings: Settings,
             "live nor found in the offline store when the recipient logged in again. "
             "CPU % is per process, 100 = one core busy. See bench/README.md for what "
             "each number means.", ""]
+    results = byPart(results)
     out += ["## Summary", ""] + _summaryTable(results) + [""]
+    if plots:
+        out += ["## Charts", ""] + [f"![{caption}]({path})" for caption, path in plots] + [""]
+    part = None
     for result in results:
-        out += [f"## {result.title}", ""]
+        if patternOf(result.key) != part:
+            part = patternOf(result.key)
+            heading, text = PARTS[part]
+            out += [f"## {heading}", ""] + ([text, ""] if text else [])
+        out += [f"### {result.title}", ""]
         out.append(f"Deployment: {result.deployment or '?'}; {len(result.runs)} runs; "
                    f"took {result.seconds:g} s.  Settings: " +
                    ", ".join(f"{k} {v}" for k, v in result.settings.items()) + ".")
@@ -199,6 +248,30 @@ _HEADLINES = {
     "login": ["logins/s", "p50 ms", "p99 ms", "alone: p50 ms"],
 }
 
+_USERS_AT_REF = ("p50 ms", "p99 ms", "CPU µs/msg server", "CPU µs/msg redis")
+"""Headlines of a many-users scenario, of its step at the reference rate."""
+
+
+def headlineKeys(key: str, metrics: Sequence[str]) -> list[str]:
+    """
+    The numbers of scenario C{key} that the summary (and bench.compare)
+    show, out of the C{metrics} its runs have.  Why some are found by
+    pattern: their names carry a size or rate that the settings choose.
+    """
+    if key in _HEADLINES:
+        return _HEADLINES[key]
+    if key.startswith("fanout"):
+        return ["completion p50 ms", "completion max ms", "burst deliveries/s", "lost"]
+    if key == "connections":
+        return [m for m in metrics if "RSS MiB" in m or "KiB per connection" in m
+                or "RTT p99" in m]
+    if key == "users-coldstart":
+        return [m for m in metrics if m.endswith(("cold: p99 ms", "warm: p99 ms", ": lost"))]
+    if key.startswith("users-"):
+        return ["sustained msgs/s"] + [m for m in metrics if m.startswith("at ") and
+                                       m.endswith(_USERS_AT_REF)] + ["lost"]
+    return list(metrics)
+
 
 def _summaryTable(results: Sequence[ScenarioResult]) -> list[str]:
     """The headline numbers of every scenario on one screen."""
@@ -206,14 +279,10 @@ def _summaryTable(results: Sequence[ScenarioResult]) -> list[str]:
     for result in results:
         summary = summarise(result.runs)
         ratios = _ratios(result)
-        keys = _HEADLINES.get(result.key)
-        if keys is None and result.key.startswith("fanout"):
-            keys = ["completion p50 ms", "completion max ms", "burst deliveries/s", "lost"]
-        if keys is None and result.key == "connections":
-            keys = [k for k in summary if "KiB per connection" in k or "RTT p99" in k]
+        keys = headlineKeys(result.key, list(summary))
         if result.error:
             lines.append(f"| {result.key} | failed | {_oneLine(result.error)[:200]} | |")
-        for key in keys or []:
+        for key in keys:
             if key in summary:
                 ratio = _cell(ratios[key]) if key in ratios else ""
                 lines.append(f"| {result.key} | {key} | {_cell(summary[key])} | {ratio} |")
@@ -237,26 +306,48 @@ def loadJSON(path: Path) -> tuple[list[ScenarioResult], dict[str, Any], dict[str
     return results, data["settings"], data["machine"]
 
 
+def drawPlots(results: Sequence[ScenarioResult], directory: Path,
+              report: Optional[Path]) -> list[tuple[str, str]]:
+    """
+    Write the charts (L{bench.plots}) into C{directory}; returns their
+    captions and paths relative to the C{report} that will show them.
+    """
+    from .plots import render
+
+    base = report.parent if report is not None else Path.cwd()
+    return [(caption, os.path.relpath(path, base)) for caption, path in
+            render(results, directory)]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """
-    Render a report again from its JSON, e.g. with a new preamble, without
-    running anything: C{python -m bench.report RUN.json --out REPORT.md
-    [--title T] [--preamble-file P.md] [--command C]}.
+    Render a report again from its JSON, e.g. with a new preamble, and/or
+    draw its charts, without running anything: C{python -m bench.report
+    RUN.json [--out REPORT.md] [--plot DIR] [--title T] [--preamble-file
+    P.md] [--command C]}.
     """
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m bench.report")
     parser.add_argument("json", type=Path)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="the Markdown report to write")
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG charts into DIR")
     parser.add_argument("--title", default="Benchmarks")
     parser.add_argument("--preamble-file", type=Path)
     parser.add_argument("--command", default="")
     options = parser.parse_args(argv)
+    if options.out is None and options.plot is None:
+        parser.error("give --out, --plot or both")
     results, settings, machine = loadJSON(options.json)
+    plots = drawPlots(results, options.plot, options.out) if options.plot else []
+    for caption, path in plots:
+        print(f"bench.report: {options.plot / Path(path).name}: {caption}")
+    if options.out is None:
+        return
     preamble = options.preamble_file.read_text() if options.preamble_file else ""
     command = options.command or json.loads(options.json.read_text()).get("command", "")
     options.out.write_text(renderMarkdown(results, Settings(), machine, options.title,
-                                          preamble, command))
+                                          preamble, command, plots))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ and write a Markdown report (plus the raw numbers as JSON).
     python -m bench.run --quick --out /tmp/smoke.md           # seconds
     python -m bench.run --scenarios chat-local,saturation-local --runs 5
     python -m bench.run --commit HEAD --out docs/BENCHMARKS.md
+    python -m bench.run --scenarios users-local --plot /tmp/plots
+
+The many-users scenarios (users-*) run first and lead the report; the
+batched (pipelined) ones follow.
 
 With C{--commit}, the nodes run a frozen copy of that commit (git archive),
 so work going on in the checkout meanwhile cannot leak into the numbers;
@@ -28,17 +32,23 @@ from typing import Any, Callable, Optional, Sequence
 
 from tests.harness.process import ROOT
 
-from .report import _git, machineInfo, renderMarkdown, writeJSON
+from .report import _git, drawPlots, machineInfo, patternOf, renderMarkdown, writeJSON
 from .scenarios import (
-    ScenarioResult, Settings, chatFixed, connections, fanout, login, saturation,
+    ScenarioResult, Settings, chatFixed, connections, fanout, login, saturation, users,
+    usersColdStart,
 )
 
-ALL = ["chat-local", "chat-cross", "saturation-local", "saturation-cross", "fanout",
+ALL = ["users-local", "users-cross", "users-coldstart",
+       "chat-local", "chat-cross", "saturation-local", "saturation-cross", "fanout",
        "login", "connections"]
 
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
 
 
 def parser() -> argparse.ArgumentParser:
@@ -84,6 +94,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rtt-count", type=int, default=200)
     p.add_argument("--ports-per-address", type=int, default=25000,
                    help="connections per source address before the next 127.0.0.N")
+    users = p.add_argument_group("the many-users pattern (users-*)")
+    users.add_argument("--users-pairs", type=int, default=500,
+                       help="senders (each with its own recipient)")
+    users.add_argument("--users-rates", type=_floats,
+                       default=(1000, 2500, 5000, 7500, 10000, 15000, 20000, 30000, 40000),
+                       help="open-loop total rates stepped through until one fails")
+    users.add_argument("--users-step", type=float, default=4.0, help="seconds per step")
+    users.add_argument("--users-ref-rate", type=float, default=5000,
+                       help="the step whose latency and CPU per message lead the report")
+    users.add_argument("--users-arrivals", choices=["poisson", "even"], default="poisson",
+                       help="each sender's schedule: Poisson, or evenly spaced, random phase")
+    users.add_argument("--users-classic", action="store_true",
+                       help="classic NUL framing (no ACKs) instead of JSON lines")
+    users.add_argument("--users-cold-rate", type=float, default=1000,
+                       help="users-coldstart: msgs/s right after the node starts")
+    users.add_argument("--users-cold-duration", type=float, default=5.0,
+                       help="users-coldstart: seconds measured from the first message")
+    p.add_argument("--plot", type=Path, default=None, metavar="DIR",
+                   help="also write PNG charts (matplotlib) into DIR")
     return p
 
 
@@ -100,7 +129,12 @@ def settingsFrom(options: argparse.Namespace, root: Optional[Path]) -> Settings:
         loginConcurrency=options.login_concurrency,
         loginAccounts=options.login_accounts, loginDuration=options.login_duration,
         connections=options.connections, rttCount=options.rtt_count,
-        portsPerAddress=options.ports_per_address, haproxy=options.haproxy)
+        portsPerAddress=options.ports_per_address, haproxy=options.haproxy,
+        usersPairs=options.users_pairs, usersRates=options.users_rates,
+        usersStepDuration=options.users_step, usersRefRate=options.users_ref_rate,
+        usersArrivals=options.users_arrivals, usersClassic=options.users_classic,
+        usersColdRate=options.users_cold_rate,
+        usersColdDuration=options.users_cold_duration)
     if options.quick:
         defaults = parser().parse_args([])
 
@@ -115,7 +149,11 @@ def settingsFrom(options: argparse.Namespace, root: Optional[Path]) -> Settings:
                             "login_concurrency": "loginConcurrency",
                             "login_accounts": "loginAccounts",
                             "login_duration": "loginDuration",
-                            "rtt_count": "rttCount"}.get(name, name), value)
+                            "rtt_count": "rttCount", "users_pairs": "usersPairs",
+                            "users_rates": "usersRates", "users_step": "usersStepDuration",
+                            "users_ref_rate": "usersRefRate",
+                            "users_cold_rate": "usersColdRate",
+                            "users_cold_duration": "usersColdDuration"}.get(name, name), value)
 
         for name, value in [("runs", 1), ("pairs", 5), ("rate", 200), ("duration", 1.0),
                             ("warmup", 0.2), ("sat_start", 200), ("sat_max", 400),
@@ -124,7 +162,10 @@ def settingsFrom(options: argparse.Namespace, root: Optional[Path]) -> Settings:
                             ("group_messages", 3), ("group_burst", 3),
                             ("login_concurrency", 2), ("login_accounts", 4),
                             ("login_duration", 1.0), ("connections", (20, 40)),
-                            ("rtt_count", 10)]:
+                            ("rtt_count", 10), ("users_pairs", 10),
+                            ("users_rates", (100.0, 200.0)), ("users_step", 1.0),
+                            ("users_ref_rate", 200.0), ("users_cold_rate", 100.0),
+                            ("users_cold_duration", 1.0)]:
             small(name, value)
         s.loginSerialDuration = 0.5
         s.drainTimeout = 5.0
@@ -146,7 +187,13 @@ def scenarioPlan(names: Sequence[str], settings: Settings, fanoutOn: str
                  ) -> list[tuple[str, Callable[[], ScenarioResult]]]:
     plan: list[tuple[str, Callable[[], ScenarioResult]]] = []
     for name in names:
-        if name == "chat-local":
+        if name == "users-local":
+            plan.append((name, lambda: users(settings)))
+        elif name == "users-cross":
+            plan.append((name, lambda: users(settings, cross=True)))
+        elif name == "users-coldstart":
+            plan.append((name, lambda: usersColdStart(settings)))
+        elif name == "chat-local":
             plan.append((name, lambda: chatFixed(settings)))
         elif name == "chat-cross":
             plan.append((name, lambda: chatFixed(settings, cross=True)))
@@ -170,8 +217,9 @@ def scenarioPlan(names: Sequence[str], settings: Settings, fanoutOn: str
 
 
 def lostIn(result: ScenarioResult) -> int:
-    runs = result.runs + result.baseline
-    return sum(int(r.get("lost") or 0) + int(r.get("at half: lost") or 0) for r in runs)
+    """Messages lost in any run: every "lost" metric, "at half: lost" and the like included."""
+    return sum(int(value or 0) for run in result.runs + result.baseline
+               for key, value in run.items() if key == "lost" or key.endswith(": lost"))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -179,6 +227,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     names = [n.strip() for n in options.scenarios.split(",") if n.strip()]
     if options.haproxy and "chat-haproxy" not in names:
         names.append("chat-haproxy")
+    # the many-users scenarios lead the report, so they run first
+    names.sort(key=lambda name: patternOf(name) != "users")
     frozen: Optional[Path] = None
     if options.commit:
         frozen, commit = frozenCopy(options.commit)
@@ -212,6 +262,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         if frozen is not None:
             shutil.rmtree(frozen, ignore_errors=True)
+    if options.plot is not None:
+        plots = drawPlots(results, options.plot, out)
+        out.write_text(renderMarkdown(results, settings, machine, options.title,
+                                      options.preamble, command, plots))
+        print(f"bench: {len(plots)} charts in {options.plot}", file=sys.stderr)
     print(f"bench: report in {out} ({time.monotonic() - began:.0f} s)", file=sys.stderr)
     failed = [r.key for r in results if r.error]
     lost = {r.key: lostIn(r) for r in results if lostIn(r)}

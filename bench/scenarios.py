@@ -1,6 +1,13 @@
 """
-The scenarios of issue 4, each starting the deployment it needs, measuring
-C{settings.runs} runs and returning a L{ScenarioResult}.
+The scenarios of issues 4 and 12, each starting the deployment it needs,
+measuring C{settings.runs} runs and returning a L{ScenarioResult}.
+
+Two load patterns: the many-users pattern (C{users-*}, the headline), in
+which every sender has an open-loop schedule of its own and writes each
+message on its own (L{LoadGen.openLoop}); and the batched (pipelined)
+pattern of the other chat scenarios, in which a worker writes each
+connection's due messages in one write every 2 ms (L{LoadGen.chat}), so a
+server reads many messages at once and pays its per-read costs rarely.
 
 Every scenario counts losses the same way: a message is delivered live,
 or found in the offline store when its recipient logs in again at the
@@ -60,6 +67,15 @@ class Settings:
     rttCount: int = 200
     portsPerAddress: int = 25000
     haproxy: bool = False
+    usersPairs: int = 500
+    usersRates: tuple[float, ...] = (1000, 2500, 5000, 7500, 10000, 15000, 20000,
+                                     30000, 40000)
+    usersStepDuration: float = 4.0
+    usersRefRate: float = 5000.0
+    usersArrivals: str = "poisson"
+    usersClassic: bool = False
+    usersColdRate: float = 1000.0
+    usersColdDuration: float = 5.0
 
     def public(self) -> dict[str, Any]:
         out = asdict(self)
@@ -96,14 +112,14 @@ def _newLoadGen(settings: Settings, workers: Optional[int] = None) -> LoadGen:
 
 
 def _pairs(lg: LoadGen, count: int, senderAt: tuple[str, int],
-           recipientAt: tuple[str, int]) -> list[tuple[User, User]]:
+           recipientAt: tuple[str, int], classic: bool = True) -> list[tuple[User, User]]:
     """
     C{count} senders and their recipients, registered and logged in.  A
     pair's two ends live in different processes when there are several,
     so every message crosses from one process to another.
     """
-    senders = lg.addUsers(count, senderAt, tag="s")
-    recipients = lg.addUsers(count, recipientAt, tag="r")
+    senders = lg.addUsers(count, senderAt, tag="s", classic=classic)
+    recipients = lg.addUsers(count, recipientAt, tag="r", classic=classic)
     for i, (s, r) in enumerate(zip(senders, recipients)):
         s.worker = i % lg.workerCount
         r.worker = (i + 1) % lg.workerCount
@@ -129,19 +145,49 @@ def _cpuMetrics(cpu: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def measureChat(lg: LoadGen, pairs: Sequence[tuple[User, User]], settings: Settings,
-                dep: Deployment, rate: float, duration: float) -> dict[str, Any]:
+def _cpuPerMessage(used: dict[str, float], delivered: int) -> dict[str, Optional[float]]:
     """
-    One step of one-to-one chats at C{rate}: the metrics of one run.
+    CPU time per delivered message, µs: the server's processes summed (the
+    node, both nodes, or the relay), each node when there are several,
+    Redis, MariaDB, and the generator's processes summed.  Why per message:
+    unlike CPU %, it does not grow with the offered rate, so it compares
+    deployments, and a node with the relay, at whatever rate each ran.
+    """
+    def per(seconds: float) -> Optional[float]:
+        return round(seconds * 1e6 / delivered, 1) if delivered else None
+
+    nodes = {k: v for k, v in used.items() if k.startswith("node")}
+    out = {"CPU µs/msg server": per(sum(nodes.values()))}
+    if len(nodes) > 1:
+        out.update({f"CPU µs/msg {k}": per(v) for k, v in nodes.items()})
+    out.update({f"CPU µs/msg {k}": per(used[k]) for k in ("redis", "mariadbd", "haproxy")
+                if k in used})
+    out["CPU µs/msg generator"] = per(sum(v for k, v in used.items() if k.startswith("gen")))
+    return out
+
+
+def measureChat(lg: LoadGen, pairs: Sequence[tuple[User, User]], settings: Settings,
+                dep: Deployment, rate: float, duration: float, pattern: str = "batched",
+                warmup: Optional[float] = None) -> dict[str, Any]:
+    """
+    One step of one-to-one chats at C{rate}, in the batched (pipelined)
+    or the many-users (C{"users"}) pattern: the metrics of one run.
+    Latencies count from C{warmup} seconds in (default C{settings.warmup}).
 
     delivered msgs/s is the messages delivered live divided by the time
     from the first send to the last arrival, so a server that falls behind
     shows its real rate, not the offered one.
     """
+    warmup = settings.warmup if warmup is None else warmup
     meter = CpuMeter(_pids(dep, lg)).start()
-    step, result, start = lg.chat(pairs, rate, duration, warmup=settings.warmup,
-                                  pad=settings.pad, tick=settings.tick,
-                                  drainTimeout=settings.drainTimeout)
+    if pattern == "users":
+        step, result, start = lg.openLoop(pairs, rate, duration, warmup=warmup,
+                                          pad=settings.pad, arrivals=settings.usersArrivals,
+                                          drainTimeout=settings.drainTimeout)
+    else:
+        step, result, start = lg.chat(pairs, rate, duration, warmup=warmup,
+                                      pad=settings.pad, tick=settings.tick,
+                                      drainTimeout=settings.drainTimeout)
     elapsed = max(1e-9, ((result.lastArrival or time.monotonic_ns()) - start) / 1e9)
     # the lead-in before the first send is idle: divide by the time since it
     cpu = meter.stop(wall=(time.monotonic_ns() - start) / 1e9)
@@ -157,7 +203,13 @@ def measureChat(lg: LoadGen, pairs: Sequence[tuple[User, User]], settings: Setti
     }
     metrics.update(latencySummary(result.latencies))
     metrics.update(_cpuMetrics(cpu))
+    metrics.update(_cpuPerMessage(meter.used, result.live))
     metrics["generator lag ms"] = round(result.maxLag / 1e6, 1)
+    if pattern == "users":
+        lagP99 = percentile(result.lags, 0.99)
+        metrics["generator lag p99 ms"] = None if lagP99 is None else round(lagP99 / 1000, 2)
+        metrics["ACKs"] = result.acks
+        metrics["error replies"] = result.errorReplies
     return metrics
 
 
@@ -173,6 +225,43 @@ def _holds(metrics: dict[str, Any], settings: Settings) -> tuple[bool, str]:
     return True, "held"
 
 
+_SATURATION_ROW = ("delivered msgs/s", "lost", "p50 ms", "p99 ms", "generator lag ms")
+"""The columns of a saturation step's row, besides the CPU % ones."""
+
+_USERS_ROW = ("sent", "delivered msgs/s", "lost", "duplicates", "ACKs", "error replies",
+              "p50 ms", "p99 ms", "max ms", "generator lag p99 ms", "generator lag ms")
+"""
+The columns of a many-users step's row, besides the CPU ones: the counts
+first, so that a reader (and the smoke test) sees every message accounted
+for, ACKs included.
+"""
+
+
+def _tryRate(measure: Callable[[float], dict[str, Any]], rate: float, settings: Settings,
+             steps: list[dict[str, Any]], columns: Sequence[str]) -> tuple[bool, dict[str, Any]]:
+    """
+    Measure one offered rate and add its row to C{steps}; fires with
+    whether it held and its metrics.  A p99 failure is measured again
+    (C{satConfirm} times) before it counts, because on a shared machine one
+    stall of another tenant's 100 ms is enough to spoil the p99 of a 3 s
+    step.  A loss is never given a second chance.
+    """
+    rate = float(round(rate))
+    for attempt in range(1 + settings.satConfirm):
+        metrics = measure(rate)
+        ok, why = _holds(metrics, settings)
+        lag = metrics.get("generator lag p99 ms")
+        if lag is not None and lag > settings.p99LimitMs / 10:
+            why += f"; generator late (lag p99 {lag:.1f} ms)"
+        steps.append({"offered msgs/s": rate, "outcome": why + (" (again)" if attempt else ""),
+                      **{k: metrics[k] for k in columns if k in metrics},
+                      **{k: v for k, v in metrics.items() if k.startswith("CPU ")}})
+        time.sleep(0.5)  # let the server settle between steps
+        if ok or metrics["lost"] > 0:
+            break
+    return ok, metrics
+
+
 def saturate(lg: LoadGen, pairs: Sequence[tuple[User, User]], settings: Settings,
              dep: Deployment) -> tuple[Optional[float], Optional[float], list[dict[str, Any]]]:
     """
@@ -183,25 +272,9 @@ def saturate(lg: LoadGen, pairs: Sequence[tuple[User, User]], settings: Settings
     steps: list[dict[str, Any]] = []
 
     def tryRate(rate: float) -> bool:
-        """
-        One rate; a p99 failure is measured again (C{satConfirm} times)
-        before it counts, because on a shared machine one stall of another
-        tenant's 100 ms is enough to spoil the p99 of a 3 s step.  A loss
-        is never given a second chance.
-        """
-        rate = float(round(rate))
-        for attempt in range(1 + settings.satConfirm):
-            metrics = measureChat(lg, pairs, settings, dep, rate, settings.satStepDuration)
-            ok, why = _holds(metrics, settings)
-            steps.append({"offered msgs/s": rate,
-                          "outcome": why + (" (again)" if attempt else ""), **{
-                k: metrics[k] for k in ("delivered msgs/s", "lost", "p50 ms", "p99 ms",
-                                       "generator lag ms") if k in metrics},
-                **{k: v for k, v in metrics.items() if k.startswith("CPU %")}})
-            time.sleep(0.5)  # let the server settle between steps
-            if ok or metrics["lost"] > 0:
-                return ok
-        return False
+        return _tryRate(lambda r: measureChat(lg, pairs, settings, dep, r,
+                                              settings.satStepDuration),
+                        rate, settings, steps, _SATURATION_ROW)[0]
 
     held: Optional[float] = None
     failed: Optional[float] = None
@@ -228,6 +301,29 @@ def saturate(lg: LoadGen, pairs: Sequence[tuple[User, User]], settings: Settings
     return held, failed, steps
 
 
+def ladder(lg: LoadGen, pairs: Sequence[tuple[User, User]], settings: Settings,
+           dep: Deployment) -> tuple[Optional[float], Optional[float], list[dict[str, Any]],
+                                     dict[float, dict[str, Any]]]:
+    """
+    The many-users pattern's open-loop rate steps (C{usersRates}), in
+    order, until one does not hold (p99 over the limit, or a loss).  Fires
+    with the last rate that held, the first that did not, the steps' rows
+    and each measured rate's metrics.
+    """
+    steps: list[dict[str, Any]] = []
+    measured: dict[float, dict[str, Any]] = {}
+    held: Optional[float] = None
+    for rate in settings.usersRates:
+        ok, measured[float(rate)] = _tryRate(
+            lambda r: measureChat(lg, pairs, settings, dep, r, settings.usersStepDuration,
+                                  pattern="users"),
+            rate, settings, steps, _USERS_ROW)
+        if not ok:
+            return held, float(rate), steps, measured
+        held = float(rate)
+    return held, None, steps, measured
+
+
 def _notes(lg: LoadGen, deps: Sequence[Deployment]) -> list[str]:
     """Server log problems and what the generator saw go wrong."""
     notes: list[str] = []
@@ -244,6 +340,22 @@ def _notes(lg: LoadGen, deps: Sequence[Deployment]) -> list[str]:
     return notes
 
 
+def _deploy(owner: Owner, settings: Settings, cross: bool, viaHAProxy: bool = False
+            ) -> tuple[Deployment, tuple[str, int], tuple[str, int]]:
+    """
+    The deployment of a chat scenario and where its senders and recipients
+    connect: one node (both there), two nodes (senders on A, recipients on
+    B), or HAProxy in front of two (both through it).
+    """
+    if cross or viaHAProxy:
+        dep = cluster(owner, root=settings.root, haproxy=viaHAProxy)
+        if viaHAProxy:
+            return dep, dep.proxyAddress, dep.proxyAddress
+        return dep, dep.address(0), dep.address(1)
+    dep = singleNode(owner, root=settings.root)
+    return dep, dep.address(0), dep.address(0)
+
+
 def _guard(result: ScenarioResult, body: Callable[[], None]) -> ScenarioResult:
     """Run a scenario body; a failure becomes the result's error, not a crash."""
     began = time.monotonic()
@@ -254,6 +366,151 @@ def _guard(result: ScenarioResult, body: Callable[[], None]) -> ScenarioResult:
         result.notes.append(traceback.format_exc(limit=6))
     result.seconds = round(time.monotonic() - began, 1)
     return result
+
+
+# 0: the many-users pattern (the headline) ------------------------------------------
+
+
+def _usersSettings(settings: Settings) -> dict[str, Any]:
+    """What the report states about a many-users scenario's load."""
+    return {"users": 2 * settings.usersPairs, "senders": settings.usersPairs,
+            "arrivals": settings.usersArrivals,
+            "framing": "classic (NUL)" if settings.usersClassic else "JSON lines, ACK per chat",
+            "text bytes": 26 + settings.pad}
+
+
+def _atRef(settings: Settings) -> str:
+    """The prefix of the metrics taken at the reference rate."""
+    return f"at {settings.usersRefRate:g}/s: "
+
+
+_AT_REF = ("p50 ms", "p99 ms", "max ms", "CPU µs/msg server", "CPU µs/msg node1",
+           "CPU µs/msg node2", "CPU µs/msg redis", "CPU µs/msg mariadbd",
+           "CPU µs/msg generator", "CPU % generator", "generator lag p99 ms")
+"""What a many-users run reports of its step at the reference rate."""
+
+
+def _usersRun(lg: LoadGen, pairs: Sequence[tuple[User, User]], settings: Settings,
+              dep: Deployment, result: ScenarioResult, label: str) -> dict[str, Any]:
+    """
+    One run of the rate steps against C{dep}: its metrics (the sustained
+    rate, and the step at the reference rate), its steps as a detail table.
+    """
+    held, failed, steps, measured = ladder(lg, pairs, settings, dep)
+    number = sum(1 for title, _ in result.details if title.startswith(label)) + 1
+    result.details.append((f"{label}: steps of run {number}", steps))
+    metrics: dict[str, Any] = {"sustained msgs/s": held, "first failing msgs/s": failed}
+    ref = measured.get(float(settings.usersRefRate), {})
+    metrics.update({_atRef(settings) + k: ref.get(k) for k in _AT_REF if k in ref})
+    heldSteps = [m for rate, m in measured.items() if held is not None and rate <= held]
+    metrics["lost"] = sum(m["lost"] for m in measured.values())
+    metrics["error replies"] = sum(m.get("error replies") or 0 for m in measured.values())
+    metrics["worst generator lag p99 ms (held steps)"] = max(
+        (m["generator lag p99 ms"] for m in heldSteps
+         if m.get("generator lag p99 ms") is not None), default=None)
+    return metrics
+
+
+def users(settings: Settings, cross: bool = False) -> ScenarioResult:
+    """
+    users-local (one node) or users-cross (senders on node A, recipients on
+    node B): the many-users pattern stepped through C{usersRates} until a
+    step fails, and the relay baseline stepped the same way with the same
+    users' pattern, run by run, so the ratios come from one run.
+    """
+    key = "users-cross" if cross else "users-local"
+    result = ScenarioResult(key, "many users" + (
+        ": senders on node A, recipients on node B" if cross else ": pairs on one node") +
+        ", open-loop rate steps")
+    result.settings = {**_usersSettings(settings),
+                       "steps msgs/s": ", ".join(f"{r:g}" for r in settings.usersRates),
+                       "step s": settings.usersStepDuration, "warm-up s": settings.warmup,
+                       "p99 limit ms": settings.p99LimitMs,
+                       "p99 failures re-measured": settings.satConfirm}
+    ref = _atRef(settings)
+    result.ratioKeys = ["sustained msgs/s", ref + "p50 ms", ref + "p99 ms",
+                        ref + "CPU µs/msg server"]
+
+    def body() -> None:
+        with Owner() as owner:
+            dep, senderAt, recipientAt = _deploy(owner, settings, cross)
+            result.deployment = dep.label
+            base = relay(owner) if settings.baseline else None
+            with _newLoadGen(settings) as lg:
+                pairs = _pairs(lg, settings.usersPairs, senderAt, recipientAt,
+                               classic=settings.usersClassic)
+                basePairs = _pairs(lg, settings.usersPairs, base.address(), base.address(),
+                                   classic=settings.usersClassic) if base else None
+                result.baselineLabel = base.label if base else ""
+                for _ in range(settings.runs):
+                    result.runs.append(_usersRun(lg, pairs, settings, dep, result, "node"))
+                    if base and basePairs:
+                        result.baseline.append(_usersRun(lg, basePairs, settings, base,
+                                                         result, "relay"))
+                result.notes.extend(_notes(lg, [dep] + ([base] if base else [])))
+
+    return _guard(result, body)
+
+
+_COLD = ("p50 ms", "p99 ms", "max ms", "lost", "CPU µs/msg server", "generator lag p99 ms")
+"""What the cold-start scenario reports of a step."""
+
+
+def _restartAndMeasure(lg: LoadGen, pairs: Sequence[tuple[User, User]], settings: Settings,
+                       dep: Deployment, node: Any, where: str) -> dict[str, Any]:
+    """
+    Stop C{node} and start it afresh; its users log in again; then at once
+    the many-users pattern at C{usersColdRate} for C{usersColdDuration}
+    seconds, every message counted (no warm-up); then the same again, the
+    node now warm, for the contrast.
+    """
+    senders = [s for s, _ in pairs if s.address == node.address]
+    recipients = [r for _, r in pairs if r.address == node.address]
+    lg.disconnect(recipients + senders)
+    node.stop()
+    node.start()  # on the same port
+    lg.connect(recipients + senders)
+    lg.login(recipients)  # first, so that the first messages find them online
+    lg.login(senders)
+    metrics: dict[str, Any] = {}
+    for phase in ("cold", "warm"):
+        step = measureChat(lg, pairs, settings, dep, settings.usersColdRate,
+                           settings.usersColdDuration, pattern="users", warmup=0.0)
+        metrics.update({f"{where} {phase}: {k}": step.get(k) for k in _COLD})
+    return metrics
+
+
+def usersColdStart(settings: Settings) -> ScenarioResult:
+    """
+    users-coldstart: latency over the first seconds after a node starts.
+    local: the one node is restarted, every user logs in again, and the
+    senders start at once.  cross: node A (the senders') is restarted while
+    the recipients stay on node B, so its first messages go to recipients
+    it has never seen.  No relay here: it keeps its accounts in memory, so
+    a fresh one would be a different set-up, not a cold one.
+    """
+    result = ScenarioResult("users-coldstart", "many users: the first seconds after a node starts")
+    result.settings = {**_usersSettings(settings), "rate msgs/s": settings.usersColdRate,
+                       "measured s": settings.usersColdDuration}
+    result.ratioKeys = []
+
+    def body() -> None:
+        for cross, where in ((False, "local"), (True, "cross")):
+            with Owner() as owner:
+                dep, senderAt, recipientAt = _deploy(owner, settings, cross)
+                result.deployment += ("; " if result.deployment else "") + f"{where}: {dep.label}"
+                with _newLoadGen(settings) as lg:
+                    pairs = _pairs(lg, settings.usersPairs, senderAt, recipientAt,
+                                   classic=settings.usersClassic)
+                    for run in range(settings.runs):
+                        metrics = _restartAndMeasure(lg, pairs, settings, dep, dep.nodes[0], where)
+                        if run < len(result.runs):
+                            result.runs[run].update(metrics)
+                        else:
+                            result.runs.append(metrics)
+                    result.notes.extend(_notes(lg, [dep]))
+
+    return _guard(result, body)
 
 
 # 1 and 2: chat at a fixed rate ----------------------------------------------------
@@ -269,9 +526,12 @@ def chatFixed(settings: Settings, cross: bool = False, viaHAProxy: bool = False)
     """
     key = "chat-haproxy" if viaHAProxy else "chat-cross" if cross else "chat-local"
     result = ScenarioResult(key, {
-        "chat-local": "1. chat-local: pairs on one node, fixed total rate",
-        "chat-cross": "2. chat-cross: senders on node A, recipients on node B",
-        "chat-haproxy": "chat through HAProxy: pairs spread over 2 nodes by leastconn",
+        "chat-local": "1. chat-local, batched (pipelined) pattern: pairs on one node, "
+                      "fixed total rate",
+        "chat-cross": "2. chat-cross, batched (pipelined) pattern: senders on node A, "
+                      "recipients on node B",
+        "chat-haproxy": "chat through HAProxy, batched (pipelined) pattern: pairs spread "
+                        "over 2 nodes by leastconn",
     }[key])
     result.settings = {"pairs": settings.pairs, "rate msgs/s": settings.rate,
                        "duration s": settings.duration, "warm-up s": settings.warmup,
@@ -280,15 +540,7 @@ def chatFixed(settings: Settings, cross: bool = False, viaHAProxy: bool = False)
 
     def body() -> None:
         with Owner() as owner:
-            if cross or viaHAProxy:
-                dep = cluster(owner, root=settings.root, haproxy=viaHAProxy)
-                if viaHAProxy:
-                    senderAt = recipientAt = dep.proxyAddress
-                else:
-                    senderAt, recipientAt = dep.address(0), dep.address(1)
-            else:
-                dep = singleNode(owner, root=settings.root)
-                senderAt = recipientAt = dep.address(0)
+            dep, senderAt, recipientAt = _deploy(owner, settings, cross, viaHAProxy)
             result.deployment = dep.label
             base = relay(owner) if settings.baseline else None
             with _newLoadGen(settings) as lg:
@@ -317,7 +569,8 @@ def saturation(settings: Settings, cross: bool = False) -> ScenarioResult:
     relay baseline is stepped the same way, after the node's runs.
     """
     key = "saturation-cross" if cross else "saturation-local"
-    result = ScenarioResult(key, f"3. saturation ({'chat-cross' if cross else 'chat-local'})")
+    result = ScenarioResult(key, f"3. saturation ({'chat-cross' if cross else 'chat-local'}), "
+                                 "batched (pipelined) pattern")
     result.settings = {"pairs": settings.pairs, "first rate msgs/s": settings.satStart,
                        "step s": settings.satStepDuration, "bisections": settings.satBisect,
                        "p99 failures re-measured": settings.satConfirm,
@@ -339,12 +592,7 @@ def saturation(settings: Settings, cross: bool = False) -> ScenarioResult:
 
     def body() -> None:
         with Owner() as owner:
-            if cross:
-                dep = cluster(owner, root=settings.root)
-                senderAt, recipientAt = dep.address(0), dep.address(1)
-            else:
-                dep = singleNode(owner, root=settings.root)
-                senderAt = recipientAt = dep.address(0)
+            dep, senderAt, recipientAt = _deploy(owner, settings, cross)
             result.deployment = dep.label
             with _newLoadGen(settings) as lg:
                 pairs = _pairs(lg, settings.pairs, senderAt, recipientAt)

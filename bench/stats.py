@@ -84,10 +84,12 @@ class CpuMeter:
     CPU use of named processes between C{start} and C{stop}, as % of one
     core, and of the whole machine: what every process used (100 per busy
     core), how much of it was not ours (other work on a shared machine),
-    and the hypervisor's steal.
+    and the hypervisor's steal.  After C{stop}, C{used} holds each
+    process's CPU seconds, for costs per message.
     """
 
     pids: Mapping[str, int]
+    used: dict[str, float] = field(default_factory=dict)
     _start: dict[str, Optional[float]] = field(default_factory=dict)
     _wall: float = 0.0
     _machine: tuple[int, int, int] = (0, 0, 0)
@@ -105,9 +107,11 @@ class CpuMeter:
         """
         wall = max(1e-9, wall if wall is not None else time.monotonic() - self._wall)
         out = {}
+        self.used = {}
         for name, pid in self.pids.items():
             before, after = self._start[name], cpuSeconds(pid)
             if before is not None and after is not None and after >= before:
+                self.used[name] = after - before
                 out[name] = round(100.0 * (after - before) / wall, 1)
         busy, steal, total = (b - a for a, b in zip(self._machine, machineTicks()))
         if total > 0:

@@ -64,7 +64,9 @@ class User:
     """
     One simulated client.  C{slot} numbers it for the whole run (and picks
     its source address); C{worker} is the process that holds its
-    connection.
+    connection.  A C{classic} client ends its requests in NUL, as the
+    classic client does (no ACK for what succeeds); any other in C{"\n"}
+    (an ACK 11 for every request).
     """
 
     slot: int
@@ -74,6 +76,7 @@ class User:
     password: str
     uid: Optional[int] = None
     source: str = "127.0.0.1"
+    classic: bool = True
 
 
 @dataclass
@@ -89,6 +92,10 @@ class StepResult:
     lastArrival: int = 0
     groups: dict[str, list[int]] = field(default_factory=dict)
     maxLag: int = 0
+    lags: list[int] = field(default_factory=list)
+    acks: int = 0
+    acksOffline: int = 0
+    errorReplies: int = 0
 
     @property
     def lost(self) -> int:
@@ -244,11 +251,13 @@ class LoadGen:
     # Users --------------------------------------------------------------------
 
     def addUsers(self, count: int, address: tuple[str, int],
-                 workers: Optional[Sequence[int]] = None, tag: str = "u") -> list[User]:
+                 workers: Optional[Sequence[int]] = None, tag: str = "u",
+                 classic: bool = True) -> list[User]:
         """
         C{count} new users to connect to C{address}, dealt round robin over
-        C{workers} (default all).  The source address moves on every
-        C{portsPerAddress} slots: 127.0.0.1, 127.0.0.2, ...
+        C{workers} (default all), with the framing C{classic} chooses.  The
+        source address moves on every C{portsPerAddress} slots: 127.0.0.1,
+        127.0.0.2, ...
         """
         pool = list(workers) if workers is not None else list(range(self.workerCount))
         made = []
@@ -256,7 +265,7 @@ class LoadGen:
             slot = next(self._slots)
             source = f"127.0.0.{1 + slot // self.portsPerAddress}"
             user = User(slot, f"{self.prefix}{tag}{slot}", pool[i % len(pool)],
-                        address, self.password, source=source)
+                        address, self.password, source=source, classic=classic)
             made.append(user)
         self.users.extend(made)
         self._checkFileLimit()
@@ -283,7 +292,8 @@ class LoadGen:
 
     def connect(self, users: Sequence[User], concurrency: int = 200) -> None:
         results = self.broadcast("connect", {
-            w: {"items": [(u.slot, u.address[0], u.address[1], u.source) for u in group],
+            w: {"items": [(u.slot, u.address[0], u.address[1], u.source, u.classic)
+                          for u in group],
                 "concurrency": concurrency}
             for w, group in self._byWorker(users).items()})
         failed = sum(r["failedCount"] for r in results.values())
@@ -367,45 +377,85 @@ class LoadGen:
              warmup: float = 0.0, pad: int = 0, tick: float = 0.002,
              drainTimeout: float = 30.0) -> tuple[int, StepResult, int]:
         """
-        Every sender of C{pairs} chats to its recipient, at C{rate}
-        messages/s in total, for C{duration} seconds; then wait until every
-        message has arrived (or none arrives for a while).  Latencies count
-        from C{warmup} seconds into the step.  Fires with C{(step, result,
-        startNs)}; call L{checkOffline} before reading the loss.
+        The batched (pipelined) pattern: every sender of C{pairs} chats to
+        its recipient, at C{rate} messages/s in total, for C{duration}
+        seconds, each worker writing a connection's due messages in one
+        write every C{tick}; then wait until every message has arrived (or
+        none arrives for a while).  Latencies count from C{warmup} seconds
+        into the step.  Fires with C{(step, result, startNs)}; call
+        L{checkOffline} before reading the loss.
         """
-        start = time.monotonic_ns() + 300_000_000  # everyone ready first
+        return self._step("chat", pairs, rate, duration, warmup, drainTimeout,
+                          lead=0.3, pad=pad, tick=tick)
+
+    def openLoop(self, pairs: Sequence[tuple[User, User]], rate: float, duration: float,
+                 warmup: float = 0.0, pad: int = 0, arrivals: str = "poisson",
+                 drainTimeout: float = 30.0) -> tuple[int, StepResult, int]:
+        """
+        The many-users pattern: each sender of C{pairs} on its own open-loop
+        schedule at C{rate / len(pairs)} messages/s, every message in a
+        write of its own (the worker's C{openLoop}); otherwise as L{chat}.
+        C{result.lags} holds every message's lateness (µs) against its
+        schedule.  A longer lead-in than L{chat}'s: the workers compute the
+        schedules before the start.
+        """
+        return self._step("openLoop", pairs, rate, duration, warmup, drainTimeout,
+                          lead=0.5, pad=pad, arrivals=arrivals)
+
+    def _step(self, command: str, pairs: Sequence[tuple[User, User]], rate: float,
+              duration: float, warmup: float, drainTimeout: float, lead: float,
+              **extra: Any) -> tuple[int, StepResult, int]:
+        """
+        One measurement step of one-to-one chats: every worker runs
+        C{command} for its senders at its share of C{rate}, starting
+        C{lead} seconds from now so that all are ready; then wait for the
+        messages, and for the ACK of each on non-classic connections.
+        """
+        start = time.monotonic_ns() + int(lead * 1e9)
+        before = self.broadcast("replyCounts")
         step = self.newStep(windowStart=start + int(warmup * 1e9))
         plans: dict[int, list[tuple[int, int]]] = {}
         for sender, recipient in pairs:
             plans.setdefault(sender.worker, []).append((sender.slot, recipient.uid))
         total = len(pairs)
-        calls = {w: self._send(w, "chat", step=step, plan=plan,
+        calls = {w: self._send(w, command, step=step, plan=plan,
                                rate=rate * len(plan) / total, start=start,
-                               duration=duration, pad=pad, tick=tick)
+                               duration=duration, **extra)
                  for w, plan in plans.items()}
         sendResults = self._gather(calls, timeout=duration + 600)
         sent = sum(r["sent"] for r in sendResults.values())
-        self.waitForArrivals(step, sent, drainTimeout)
+        acksWanted = sent if not all(s.classic for s, _ in pairs) else 0
+        after = self.waitForArrivals(step, sent, drainTimeout, acks=acksWanted, before=before)
         result = self.stepResult(step)
         result.sent = sent
         result.maxLag = max(r["maxLag"] for r in sendResults.values())
+        result.lags = _latencies(r.get("lags", b"") for r in sendResults.values())
+        for key in ("acks", "acksOffline", "errorReplies"):
+            setattr(result, key, sum(after[w][key] - before[w][key] for w in after))
         return step, result, start
 
-    def waitForArrivals(self, step: int, expected: int, idleTimeout: float) -> int:
+    def waitForArrivals(self, step: int, expected: int, idleTimeout: float,
+                        acks: int = 0, before: Optional[dict[int, Any]] = None
+                        ) -> dict[int, Any]:
         """
-        Poll until C{expected} messages of C{step} have arrived, or none has
-        for C{idleTimeout} seconds.  Fires with the count.
+        Poll until C{expected} messages of C{step} have arrived and C{acks}
+        success ACKs more than in C{before} (the workers' C{replyCounts}
+        earlier), or nothing has moved for C{idleTimeout} seconds.  Fires
+        with the workers' last status.
         """
         last, lastChange = -1, time.monotonic()
+        base = sum(s["acks"] for s in (before or {}).values())
         while True:
             statuses = self.broadcast("stepStatus", step=step)
             count = sum(s["live"] + s["offline"] for s in statuses.values())
-            if count >= expected:
-                return count
-            if count != last:
-                last, lastChange = count, time.monotonic()
+            acked = sum(s["acks"] for s in statuses.values()) - base
+            progress = count + min(acked, acks)
+            if progress >= expected + acks:
+                return statuses
+            if progress != last:
+                last, lastChange = progress, time.monotonic()
             elif time.monotonic() - lastChange > idleTimeout:
-                return count
+                return statuses
             time.sleep(0.05)
 
     def stepResult(self, step: int, drop: bool = False) -> StepResult:

@@ -10,9 +10,19 @@ Protocol's C{data_received} sees each read whole, so a read holding fifty
 events is scanned with one regular expression call instead of fifty
 C{readline}s.
 
-Every request is sent exactly as the classic client sends it: one compact
-JSON object followed by one NUL byte, so the server treats every connection
-as a classic one (no ACK for a request that succeeds).
+Every request is one compact JSON object followed by its connection's
+terminator.  By default that is one NUL byte, exactly as the classic client
+sends it, so the server treats the connection as a classic one (no ACK for
+a request that succeeds).  A connection opened with C{classic=False} ends
+its requests in C{"\n"} instead and gets an ACK 11 for every request; the
+generator counts the ones that succeed (L{Worker.acks}) and counts any
+other as an error reply.
+
+The many-users pattern (L{Worker.cmd_openLoop}) gives every sender its own
+open-loop schedule and writes each message on its own, at its scheduled
+time whatever the server does, stamped with that scheduled time: a server
+that falls behind shows as latency, not as a generator that waits for it
+(coordinated omission).
 
 Chat texts carry a marker, C{bm|STEP|SENDER|SEQ|SENT_NS|}, that names the
 measurement step, the sending slot, a per-sender sequence number and the
@@ -26,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import random
 import re
 import resource
 import socket
@@ -127,9 +138,10 @@ class Conn(asyncio.Protocol):
     other request is counted as an error rather than matched to a waiter.
     """
 
-    def __init__(self, worker: "Worker", user: UserSlot) -> None:
+    def __init__(self, worker: "Worker", user: UserSlot, end: bytes = b"\0") -> None:
         self.worker = worker
         self.user = user
+        self.end = end
         self.transport: Optional[asyncio.Transport] = None
         self.buf = bytearray()
         self.waiters: deque[tuple[int, asyncio.Future]] = deque()
@@ -178,10 +190,26 @@ class Conn(asyncio.Protocol):
         if found and len(found) == chunk.count(b"\n") and \
                 b"offlinemsg" not in chunk:
             self.worker.received(self.user, found, now, True)
+        elif not found and not self.waiters and self._onlyAcks(chunk):
+            pass
         else:
             for line in chunk.split(b"\n"):
                 if line.strip():
                     self._line(line, now)
+
+    def _onlyAcks(self, chunk: bytes) -> bool:
+        """
+        Fast path of a sender on a non-classic connection: if every line of
+        C{chunk} is a successful ACK 11 (as the server's orjson writes it),
+        count them without parsing and say so; else leave it to L{_line}.
+        """
+        lines = chunk.count(b"\n")
+        if chunk.count(b'{"msgid":11,') != lines or chunk.count(b'"errno":0') != lines:
+            return False
+        acks = self.worker.acks
+        acks["ok"] += lines
+        acks["offline"] += chunk.count(b'"delivery":"offline"')
+        return True
 
     # Lines --------------------------------------------------------------
 
@@ -213,6 +241,11 @@ class Conn(asyncio.Protocol):
             if self.waiters and self.waiters[0][0] == req:
                 self._resolve(obj)
                 return
+            if obj.get("errno") == 0:  # a non-classic connection's success ACK
+                self.worker.acks["ok"] += 1
+                if obj.get("delivery") == "offline":
+                    self.worker.acks["offline"] += 1
+                return
             self.errors.append(obj)
             key = f"req {req} errno {obj.get('errno')}"
             self.worker.errors[key] = self.worker.errors.get(key, 0) + 1
@@ -230,24 +263,63 @@ class Conn(asyncio.Protocol):
     # Requests -----------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Write pre-encoded requests (each already ending in NUL)."""
+        """Write pre-encoded requests (each already ending in L{end})."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def tell(self, body: bytes) -> None:
+        """Send one request's JSON C{body}, adding this connection's terminator."""
+        self.send(body + self.end)
 
     def request(self, msgid: int, body: bytes) -> asyncio.Future:
         """
         Send one request that always gets a reply; the future fires with the
-        reply object.  C{body} is the request's JSON with its NUL.
+        reply object.  C{body} is the request's JSON, without terminator.
         """
         waiter = asyncio.get_running_loop().create_future()
         self.waiters.append((msgid, waiter))
-        self.send(body)
+        self.tell(body)
         return waiter
 
     def close(self) -> None:
         self.closing = True
         if self.transport is not None:
             self.transport.close()
+
+
+def schedule(senders: int, perSender: float, duration: float, start: int,
+             arrivals: str, rng: random.Random) -> tuple[array, array]:
+    """
+    The send times (monotonic ns, sorted) of C{senders} independent senders
+    at C{perSender} messages/s each for C{duration} seconds from C{start},
+    and which sender sends at each.  C{arrivals} is C{"poisson"}
+    (exponential gaps: together the senders are a Poisson stream, bursts
+    and lulls included, as a population of people is) or C{"even"} (each
+    sender evenly spaced, with a random phase).  Computed before the step
+    starts, so sending costs no arithmetic of this kind.
+    """
+    events: list[tuple[int, int]] = []
+    span = duration * 1e9
+    gap = 1e9 / perSender
+    for sender in range(senders):
+        if arrivals == "poisson":
+            t = rng.expovariate(1.0) * gap
+            while t < span:
+                events.append((start + int(t), sender))
+                t += rng.expovariate(1.0) * gap
+        elif arrivals == "even":
+            t = rng.random() * gap
+            while t < span:
+                events.append((start + int(t), sender))
+                t += gap
+        else:
+            raise ValueError(f"unknown arrivals {arrivals!r}")
+    events.sort()
+    return array("q", (t for t, _ in events)), array("l", (k for _, k in events))
+
+
+def _discard(data: bytes) -> None:
+    """Where a sender without a connection writes: its messages count as lost."""
 
 
 def _jsonString(text: str) -> bytes:
@@ -275,6 +347,7 @@ class Worker:
             "disconnects": 0, "unparsable": 0, "foreign": 0, "notices": 0,
             "unexpected": 0, "connectFailures": 0}
         self.errors: dict[str, int] = {}
+        self.acks: dict[str, int] = {"ok": 0, "offline": 0}
         self.notices: list[str] = []
         self.done = asyncio.Event()
 
@@ -341,7 +414,7 @@ class Worker:
         """Answer at once, keeping the original send time: a round trip."""
         if user.conn is not None:
             user.conn.send(self._chatBytes(user, user.echoTo, step, sent, b"",
-                                           serverTimeString()))
+                                           serverTimeString(), user.conn.end))
 
     def event(self, kind: str, **fields: Any) -> None:
         """Tell the coordinator something it did not ask for (a group done)."""
@@ -364,22 +437,32 @@ class Worker:
     # Requests' bytes -------------------------------------------------------
 
     @staticmethod
-    def _chatBytes(user: UserSlot, toUid: int, step: int, sent: int,
-                   pad: bytes, timeString: bytes) -> bytes:
+    def _chatTemplate(user: UserSlot, toUid: int, step: int, pad: bytes,
+                      timeString: bytes, end: bytes) -> bytes:
+        """
+        A one-to-one chat from C{user} with everything filled in but the
+        sequence number and the send time: C{template % (seq, sentNs)}.
+        """
+        head = (b'{"msgid":6,"id":%d,"name":%s,"toid":%d,"msg":"bm|%d|%d|' % (
+            user.uid, user.name, toUid, step, user.slot)).replace(b"%", b"%%")
+        tail = (b'%s","time":"%s"}' % (pad, timeString) + end).replace(b"%", b"%%")
+        return head + b"%d|%d|" + tail
+
+    @classmethod
+    def _chatBytes(cls, user: UserSlot, toUid: int, step: int, sent: int,
+                   pad: bytes, timeString: bytes, end: bytes) -> bytes:
         user.seq += 1
-        return (b'{"msgid":6,"id":%d,"name":%s,"toid":%d,'
-                b'"msg":"bm|%d|%d|%d|%d|%s","time":"%s"}\0' % (
-                    user.uid, user.name, toUid, step, user.slot, user.seq,
-                    sent, pad, timeString))
+        return cls._chatTemplate(user, toUid, step, pad, timeString, end) % (
+            user.seq, sent)
 
     @staticmethod
     def _groupBytes(user: UserSlot, groupId: int, step: int, sent: int,
-                    pad: bytes, timeString: bytes) -> bytes:
+                    pad: bytes, timeString: bytes, end: bytes) -> bytes:
         user.seq += 1
         return (b'{"msgid":10,"id":%d,"name":%s,"groupid":%d,'
-                b'"msg":"bm|%d|%d|%d|%d|%s","time":"%s"}\0' % (
+                b'"msg":"bm|%d|%d|%d|%d|%s","time":"%s"}' % (
                     user.uid, user.name, groupId, step, user.slot, user.seq,
-                    sent, pad, timeString))
+                    sent, pad, timeString)) + end
 
     # Commands ---------------------------------------------------------------
 
@@ -395,18 +478,20 @@ class Worker:
             raise RequestFailed(f"slot {number} is not connected")
         return conn
 
-    async def cmd_connect(self, items: list[tuple[int, str, int, str]],
+    async def cmd_connect(self, items: list[tuple[int, str, int, str, bool]],
                           concurrency: int = 200) -> dict[str, Any]:
         """
-        Open a connection for each C{(slot, host, port, sourceAddress)}.
-        A source address is bound explicitly (with
+        Open a connection for each C{(slot, host, port, sourceAddress,
+        classic)}; a classic connection ends its requests in NUL, any
+        other in C{"\n"}.  A source address is bound explicitly (with
         IP_BIND_ADDRESS_NO_PORT), so the coordinator decides when to move
         on to 127.0.0.2, 127.0.0.3, ...
         """
         limit = asyncio.Semaphore(concurrency)
         failed: list[tuple[int, str]] = []
 
-        async def one(number: int, host: str, port: int, source: str) -> None:
+        async def one(number: int, host: str, port: int, source: str,
+                      classic: bool) -> None:
             user = self.slot(number)
             async with limit:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -420,7 +505,8 @@ class Worker:
                     await asyncio.wait_for(
                         self.loop.sock_connect(sock, (host, port)), 30)
                     _, conn = await self.loop.create_connection(
-                        lambda: Conn(self, user), sock=sock)
+                        lambda: Conn(self, user, b"\0" if classic else b"\n"),
+                        sock=sock)
                 except Exception as e:
                     sock.close()
                     self.counters["connectFailures"] += 1
@@ -478,7 +564,7 @@ class Worker:
                     failed[number] = reply
 
             for number, name, password in todo:
-                body = b'{"msgid":4,"name":%s,"password":%s}\0' % (
+                body = b'{"msgid":4,"name":%s,"password":%s}' % (
                     _jsonString(name), _jsonString(password))
                 window.append((number, name, conn.request(4, body)))
                 if len(window) >= depth:
@@ -508,7 +594,7 @@ class Worker:
             async with limit:
                 try:
                     conn = self.conn(number)
-                    body = b'{"msgid":1,"id":%d,"password":%s}\0' % (
+                    body = b'{"msgid":1,"id":%d,"password":%s}' % (
                         uid, _jsonString(password))
                     started = time.monotonic_ns()
                     reply = await asyncio.wait_for(conn.request(1, body),
@@ -547,7 +633,7 @@ class Worker:
             while time.monotonic_ns() < end:
                 uid, password = accounts[i % len(accounts)]
                 i += 1
-                body = b'{"msgid":1,"id":%d,"password":%s}\0' % (
+                body = b'{"msgid":1,"id":%d,"password":%s}' % (
                     uid, _jsonString(password))
                 started = time.monotonic_ns()
                 try:
@@ -562,7 +648,7 @@ class Worker:
                     failed[key] = failed.get(key, 0) + 1
                     continue
                 latencies.append((time.monotonic_ns() - started) // 1000)
-                conn.send(b'{"msgid":3,"id":%d}\0' % uid)
+                conn.tell(b'{"msgid":3,"id":%d}' % uid)
 
         await asyncio.gather(*(loop(*item) for item in items))
         return {"latencies": latencies.tobytes(), "failed": failed}
@@ -571,6 +657,20 @@ class Worker:
                       groupExpect: Optional[int] = None) -> None:
         """Start counting arrivals of C{step}."""
         self.steps[step] = StepStats(windowStart, groupExpect)
+
+    def _templates(self, step: int, plan: list[tuple[int, int]], pad: int
+                   ) -> tuple[list[UserSlot], list[bytes]]:
+        """
+        The senders of C{plan} and, for each, its chat with everything but
+        the sequence number and send time filled in, so that sending costs
+        one C{%} per message and no JSON encoding.
+        """
+        users = [self.slots[number] for number, _ in plan]
+        padding, timeString = b"x" * pad, serverTimeString()
+        templates = [self._chatTemplate(user, toUid, step, padding, timeString,
+                                        user.conn.end if user.conn else b"\0")
+                     for user, (_, toUid) in zip(users, plan)]
+        return users, templates
 
     async def cmd_chat(self, step: int, plan: list[tuple[int, int]],
                        rate: float, start: int, duration: float,
@@ -587,16 +687,14 @@ class Worker:
         one write.  Fires with the number sent and the worst lag behind the
         schedule (ns) that a batch was sent with.
         """
-        users = [(self.slots[number], toUid) for number, toUid in plan]
-        if not users or rate <= 0:
+        if not plan or rate <= 0:
             return {"sent": 0, "maxLag": 0}
-        padding = b"x" * pad
+        users, templates = self._templates(step, plan, pad)
         total = int(rate * duration)
         sent = 0
         index = 0
         count = len(users)
         maxLag = 0
-        chatBytes = self._chatBytes
         await asyncio.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9))
         perNs = rate / 1e9
         while sent < total:
@@ -606,28 +704,79 @@ class Worker:
                 lag = now - start - int(sent / perNs)
                 if lag > maxLag:
                     maxLag = lag
-                timeString = serverTimeString()
                 batches: dict[int, list[bytes]] = {}
                 for _ in range(due):
-                    user, toUid = users[index]
+                    user = users[index]
+                    user.seq += 1
+                    part = templates[index] % (user.seq, now)
+                    batch = batches.get(index)
+                    if batch is None:
+                        batches[index] = [part]
+                    else:
+                        batch.append(part)
                     index += 1
                     if index == count:
                         index = 0
-                    part = chatBytes(user, toUid, step, now, padding,
-                                     timeString)
-                    batch = batches.get(user.slot)
-                    if batch is None:
-                        batches[user.slot] = [part]
-                    else:
-                        batch.append(part)
                 for number, parts in batches.items():
-                    conn = self.slots[number].conn
+                    conn = users[number].conn
                     if conn is not None:
                         conn.send(b"".join(parts))
                 sent += due
             if sent < total:
                 await asyncio.sleep(tick)
         return {"sent": sent, "maxLag": maxLag}
+
+    async def cmd_openLoop(self, step: int, plan: list[tuple[int, int]],
+                           rate: float, start: int, duration: float,
+                           pad: int = 0, arrivals: str = "poisson",
+                           tick: float = 0.001) -> dict[str, Any]:
+        """
+        The many-users pattern: each sender of C{plan} chats to its
+        recipient on a schedule of its own (L{schedule}) at C{rate /
+        len(plan)} messages/s, from C{start} (monotonic ns) for C{duration}
+        seconds; open loop, so replies and a slow server change nothing.
+
+        Each message is one C{transport.write} (one TCP segment, as the
+        sockets have TCP_NODELAY), written as soon as its time has come and
+        stamped with its scheduled time, not the time it was written: when
+        this loop or the server falls behind, the lateness counts as
+        latency.  Fires with the number sent, and the lag of every message
+        (write time minus scheduled time, µs) to show whether the generator
+        kept up.  The schedule's random numbers are seeded by the step and
+        this worker, so a run can be repeated exactly.
+
+        Why it never sleeps less than C{tick}: the loop's timers have a
+        resolution of 1 ms (uvloop rounds a shorter delay to 0), so a
+        sleep until a message 0.3 ms away spins, about 140,000 empty
+        wake-ups a second, burning the core the server needs.  Messages
+        that fall due within one tick are still written one by one, up to
+        a tick late, and that lateness is in their latency and their lag.
+        """
+        if not plan or rate <= 0:
+            return {"sent": 0, "maxLag": 0, "lags": b""}
+        users, templates = self._templates(step, plan, pad)
+        writes = [u.conn.send if u.conn is not None else _discard for u in users]
+        seqs = [u.seq for u in users]
+        times, who = schedule(len(plan), rate / len(plan), duration, start,
+                              arrivals, random.Random(step * 1000 + self.workerId))
+        lags = array("q")
+        clock = time.monotonic_ns
+        i, total = 0, len(times)
+        while i < total:
+            now = clock()
+            while i < total and times[i] <= now:
+                k = who[i]
+                seqs[k] += 1
+                writes[k](templates[k] % (seqs[k], times[i]))
+                lags.append((now - times[i]) // 1000)
+                i += 1
+                now = clock()
+            if i < total:
+                await asyncio.sleep(max(tick, (times[i] - now) / 1e9))
+        for user, seq in zip(users, seqs):
+            user.seq = seq
+        return {"sent": total, "maxLag": max(lags, default=0) * 1000,
+                "lags": lags.tobytes()}
 
     async def cmd_groupSend(self, step: int, slot: int, groupId: int,
                             count: int = 1, pad: int = 0) -> dict[str, Any]:
@@ -636,9 +785,10 @@ class Worker:
         now = time.monotonic_ns()
         timeString = serverTimeString()
         first = user.seq + 1
+        conn = self.conn(slot)
         data = b"".join(self._groupBytes(user, groupId, step, now, b"x" * pad,
-                                         timeString) for _ in range(count))
-        self.conn(slot).send(data)
+                                         timeString, conn.end) for _ in range(count))
+        conn.send(data)
         return {"sent": now, "seqs": list(range(first, user.seq + 1))}
 
     async def cmd_createGroup(self, slot: int, name: str,
@@ -650,9 +800,9 @@ class Worker:
         """
         conn = self.conn(slot)
         conn.errors.clear()
-        conn.send(b'{"msgid":8,"id":%d,"groupname":%s,"groupdesc":%s}\0' % (
+        conn.tell(b'{"msgid":8,"id":%d,"groupname":%s,"groupdesc":%s}' % (
             self.slots[slot].uid, _jsonString(name), _jsonString(description)))
-        reply = await asyncio.wait_for(conn.request(16, b'{"msgid":16}\0'), 60)
+        reply = await asyncio.wait_for(conn.request(16, b'{"msgid":16}'), 60)
         for group in reply.get("groups", []):
             if group.get("groupname") == name:
                 return int(group["id"])
@@ -671,10 +821,10 @@ class Worker:
             async with limit:
                 conn = self.conn(number)
                 conn.errors.clear()
-                conn.send(b'{"msgid":9,"id":%d,"groupid":%d}\0' % (
+                conn.tell(b'{"msgid":9,"id":%d,"groupid":%d}' % (
                     self.slots[number].uid, groupId))
                 try:
-                    await asyncio.wait_for(conn.request(12, b'{"msgid":12}\0'), 60)
+                    await asyncio.wait_for(conn.request(12, b'{"msgid":12}'), 60)
                 except Exception as e:
                     failed[number] = repr(e)
                     return
@@ -703,8 +853,9 @@ class Worker:
             before = stats.live
             stats.waiter = self.loop.create_future()
             now = time.monotonic_ns()
-            self.conn(slot).send(self._chatBytes(
-                user, toUid, step, now, b"", serverTimeString()))
+            conn = self.conn(slot)
+            conn.send(self._chatBytes(user, toUid, step, now, b"",
+                                      serverTimeString(), conn.end))
             try:
                 while stats.live == before:
                     await asyncio.wait_for(stats.waiter, timeout)
@@ -716,10 +867,16 @@ class Worker:
             await asyncio.sleep(gap)
         return {"timeouts": lost}
 
+    def cmd_replyCounts(self) -> dict[str, int]:
+        """Success ACKs (and how many said "offline") and error replies so far."""
+        return {"acks": self.acks["ok"], "acksOffline": self.acks["offline"],
+                "errorReplies": sum(self.errors.values())}
+
     def cmd_stepStatus(self, step: int) -> dict[str, int]:
+        """Progress of C{step}, with L{cmd_replyCounts}."""
         stats = self.step(step)
         return {"live": stats.live, "offline": stats.offline,
-                "dups": stats.dups}
+                "dups": stats.dups, **self.cmd_replyCounts()}
 
     def cmd_stepResult(self, step: int) -> dict[str, Any]:
         """Everything about C{step}; latencies as the bytes of an array('q')."""
@@ -739,7 +896,8 @@ class Worker:
     def cmd_stats(self) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {"pid": os.getpid(), "counters": dict(self.counters),
-                "errors": dict(self.errors), "notices": self.notices[-10:],
+                "errors": dict(self.errors), "acks": dict(self.acks),
+                "notices": self.notices[-10:],
                 "cpu": usage.ru_utime + usage.ru_stime,
                 "maxRSSKiB": usage.ru_maxrss,
                 "connections": sum(1 for u in self.slots.values()
