@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -27,8 +28,10 @@ from twisted.python.failure import Failure
 from chat.cluster.bus import IMessageBus
 from chat.cluster.localbus import LocalBus
 from chat.cluster.presence import DEFAULT_LEASE_SECONDS, Lease, Presence
+from chat.logs import logFailure
 from chat.passwords import DEFAULT_MEMORY_KIB, DEFAULT_TIME_COST, Passwords
-from chat.server.protocol import ChatFactory
+from chat.server.output import DEFAULT_MAX_OUTPUT, DEFAULT_STALL_TIMEOUT
+from chat.server.protocol import ChatFactory, ConnectionLimits
 from chat.server.service import ChatService
 from chat.storage.pool import BadDatabaseURL, openDatabase
 from chat.storage.store import Store
@@ -74,6 +77,13 @@ class Options(usage.Options):
          "This node's unique name in a cluster (default: host and port)."],
         ["max-line", None, 65536, "Longest client message, in bytes.",
          _positive("max-line")],
+        ["max-output", None, DEFAULT_MAX_OUTPUT,
+         "Most bytes of events waiting to be written to one connection; "
+         "past it, events are stored offline until the client reads.",
+         _positive("max-output")],
+        ["stall-timeout", None, DEFAULT_STALL_TIMEOUT,
+         "Seconds a connection may stay over --max-output before it is "
+         "closed.", _positive("stall-timeout", float)],
         ["password-time", None, DEFAULT_TIME_COST,
          "argon2id time cost (passes).", _positive("password-time")],
         ["password-memory", None, DEFAULT_MEMORY_KIB,
@@ -127,6 +137,27 @@ def defaultNodeId(port: str) -> str:
     return nodeId
 
 
+DEFAULT_BACKLOG = 1024
+_BACKLOG_TYPES = {"tcp", "tcp6", "ssl", "unix"}
+
+
+def withBacklog(description: str) -> str:
+    """
+    C{description} with a listen backlog of L{DEFAULT_BACKLOG} unless it
+    names one (C{backlog=}): Twisted's default of 50 makes a burst of
+    reconnecting clients queue at the door (PROTOCOL.md section 6).
+    """
+    kinds = description.split(":")
+    kind = kinds[1] if kinds[0] == "haproxy" and len(kinds) > 1 else kinds[0]
+    if kind not in _BACKLOG_TYPES or "backlog=" in description:
+        return description
+    return f"{description}:backlog={DEFAULT_BACKLOG}"
+
+
+STOP_SECONDS = 5.0
+"""How long a stopping node waits for the messages still being stored."""
+
+
 class ChatListener(Service):
     """
     Listens on the endpoint before the reactor runs (as root, if need be),
@@ -142,7 +173,7 @@ class ChatListener(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()  # type: ignore[no-untyped-call] # unannotated in Twisted
-        endpoint = serverFromString(_reactor, self._description)
+        endpoint = serverFromString(_reactor, withBacklog(self._description))
         # The reactor is not running yet, but listening is synchronous
         # for the endpoints a node uses (tcp, ssl, haproxy), so the
         # outcome is there at once.
@@ -159,15 +190,23 @@ class ChatListener(Service):
                        host=getattr(host, "host", host),
                        port=getattr(host, "port", ""))
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Deferred[Any]:
         """
         Stop accepting, then tell every client that the server is going
-        away and close it.
+        away and close it; fires once what their connections still held
+        is stored.
         """
         super().stopService()  # type: ignore[no-untyped-call] # unannotated in Twisted
-        d = self._port.stopListening() if self._port is not None else None
+        stopped = maybeDeferred(self._port.stopListening) \
+            if self._port is not None else succeed(None)
         self._factory.closeAll("the server is shutting down; please reconnect")
-        return d
+        # Bounded: a database that is down would otherwise hold the
+        # shutdown for as long as the stores keep retrying.
+        settled = self._factory.service.settled().addTimeout(
+            STOP_SECONDS, _reactor).addErrback(logFailure(
+                self._log, "stopping: messages still being stored after "
+                f"{STOP_SECONDS} s"))
+        return DeferredList([stopped, settled], consumeErrors=True)
 
 
 def makeBus(options: Options) -> IMessageBus:
@@ -194,11 +233,14 @@ def makeService(options: Options) -> IService:
                           options["password-memory"])
     lease = Lease(options["lease"])
     chat = ChatService(store, bus, passwords, options["node-id"], lease)
+    limits = ConnectionLimits(options["max-line"], options["max-output"],
+                              options["stall-timeout"])
+    presence = Presence(store, options["node-id"], lease, chat.sessions,
+                        _reactor)
+    listener = ChatListener(options["port"],
+                            ChatFactory(chat, limits, _reactor))
     top = MultiService()
-    if IService.providedBy(bus):
-        bus.setServiceParent(top)  # type: ignore[no-untyped-call] # unannotated in Twisted
-    Presence(store, options["node-id"], lease, chat.sessions,  # type: ignore[no-untyped-call] # unannotated in Twisted
-             _reactor).setServiceParent(top)
-    ChatListener(options["port"], ChatFactory(  # type: ignore[no-untyped-call] # unannotated in Twisted
-        chat, options["max-line"])).setServiceParent(top)
+    for part in (bus, presence, listener):
+        if IService.providedBy(part):
+            IService(part).setServiceParent(top)
     return top

@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -25,7 +26,7 @@ from chat.core.messages import (
     Chat, ChatEvent, ChatSent, CreateGroup, Friend, GroupCreated, LoggedIn,
     LoggedOut, Login, Logout, Ping, Pong, Register, Registered, Request,
 )
-from chat.server.protocol import ChatFactory, ChatProtocol
+from chat.server.protocol import ChatFactory, ChatProtocol, ConnectionLimits
 
 MAX = 64
 """The --max-line of the protocols under test: small, to test the limit."""
@@ -50,7 +51,8 @@ class FakeService:
     def __init__(self) -> None:
         self.requests: list[Request] = []
         self.ended: list[Any] = []
-        self.undelivered: list[tuple[int, list[ChatEvent]]] = []
+        self.undelivered: list[list[tuple[int, ChatEvent]]] = []
+        self.readable: list[Any] = []
         self.answers: dict[type, Any] = {
             Ping: Pong(),
             Chat: ChatSent(online=True),
@@ -80,16 +82,25 @@ class FakeService:
         session.userId = session.userName = None
         return succeed(None)
 
-    def storeUndelivered(self, userId: int,
-                         events: list[ChatEvent]) -> Deferred[None]:
-        self.undelivered.append((userId, list(events)))
+    def storeUndelivered(self, messages: list[tuple[int, ChatEvent]]
+                         ) -> Deferred[None]:
+        self.undelivered.append(list(messages))
+        return succeed(None)
+
+    def backlogReadable(self, session: Any) -> None:
+        self.readable.append(session)
+
+    def shutdown(self, reason: str) -> None:
+        pass
+
+    def settled(self) -> Deferred[None]:
         return succeed(None)
 
 
 def connect(service: Any, maxLength: int = MAX) -> tuple[
         ChatProtocol, StringTransport]:
     """A protocol from the real factory, connected to a StringTransport."""
-    factory = ChatFactory(service, maxLength)
+    factory = ChatFactory(service, ConnectionLimits(maxLine=maxLength), Clock())
     protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4321))
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -500,6 +511,7 @@ class OrderTests(SynchronousTestCase):
         service.answers[Login] = lambda session, request: pending
         protocol, transport = connect(service)
         protocol.dataReceived(b"login alice pw\r\n")
+        service.loggedIn(protocol, Login(1, "pw"))  # registered, as the service does
         protocol.deliver(EVENT)
         protocol.deliver(ChatEvent(2, "bob", "second", "2024-01-01 12:00:01",
                                    toId=1))
@@ -521,6 +533,7 @@ class OrderTests(SynchronousTestCase):
         service.answers[Login] = lambda session, request: pending
         protocol, transport = connect(service)
         protocol.dataReceived(b"login alice pw\r\n")
+        service.loggedIn(protocol, Login(1, "pw"))  # registered, as the service does
         protocol.deliver(EVENT)
         pending.errback(AccountInUse("in use"))
         lines = textLines(transport)
@@ -705,10 +718,12 @@ class SessionTests(SynchronousTestCase):
         protocol, transport = connect(service)
         protocol.dataReceived(b'{"msgid":1,"id":1,"password":"pw"}\0')
         service.loggedIn(protocol, Login(1, "pw"))  # registered meanwhile
+        self.assertTrue(protocol.deliver(EVENT))  # held for the reply
         protocol.connectionLost(Failure(ConnectionError("gone")))
-        protocol.deliver(EVENT)
+        # Once closed, an event is refused, so the router stores it.
+        self.assertFalse(protocol.deliver(EVENT))
         pending.callback(service.loggedIn(protocol, Login(1, "pw"), (OFFLINE,)))
-        self.assertEqual(service.undelivered, [(1, [OFFLINE, EVENT])])
+        self.assertEqual(service.undelivered, [[(1, OFFLINE), (1, EVENT)]])
         self.assertIn(protocol, service.ended)
         self.assertEqual(transport.value(), b"")
 
@@ -728,7 +743,7 @@ class SessionTests(SynchronousTestCase):
         reply = service.loggedIn(protocol, Login(1, "pw"), (OFFLINE,))
         protocol.userId = None  # the service forgot it before the reply
         pending.callback(reply)
-        self.assertEqual(service.undelivered, [(1, [OFFLINE])])
+        self.assertEqual(service.undelivered, [[(1, OFFLINE)]])
         self.assertEqual(textLines(transport),
                          ["NOTICE the server is shutting down"])
 

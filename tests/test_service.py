@@ -33,7 +33,7 @@ from chat.core.messages import (
     Logout, Member, Ping, Pong, Register, Registered, Request,
 )
 from chat.passwords import Passwords
-from chat.server.protocol import ChatFactory
+from chat.server.protocol import ChatFactory, ConnectionLimits
 from chat.core.rules import MAX_ID
 from chat.server.service import ChatService
 from chat.storage.pool import openDatabase
@@ -58,8 +58,9 @@ class FakeSession:
         self.notices: list[str] = []
         self.disconnected: list[str] = []
 
-    def deliver(self, event: ChatEvent) -> None:
+    def deliver(self, event: ChatEvent) -> bool:
         self.events.append(event)
+        return True
 
     def notice(self, text: str) -> None:
         self.notices.append(text)
@@ -497,7 +498,7 @@ class ChatTests(ServiceTestCase):
         self.service.router.eventArrived(self.bob, event)
         self.assertEqual(bobSession.texts, ["to the group"])
         await self.store.storeOffline([(self.bob, event), (carol, event)])
-        await self.service.router.drainInto(self.bob)
+        await self.service.router.drains.drainInto(self.bob)
         self.assertEqual(bobSession.texts, ["to the group"])
         _, loggedIn = await self.login(carol)
         self.assertEqual([e.text for e in loggedIn.offline], ["to the group"])
@@ -515,7 +516,7 @@ class ChatTests(ServiceTestCase):
         await self.bus.poke([self.bob])
         await self.eventually(lambda: len(bobSession.events) == 2)
         self.assertEqual(bobSession.texts, ["first", "second"])
-        await self.service.router.drainInto(self.bob)
+        await self.service.router.drains.drainInto(self.bob)
         self.assertEqual(bobSession.texts, ["first", "second"])
         self.assertEqual(await self.store.drainOffline(self.bob), [])
 
@@ -531,7 +532,7 @@ class ChatTests(ServiceTestCase):
         first = ChatEvent(self.alice, "alice", "1", TIME, toId=self.bob)
         second = ChatEvent(self.alice, "alice", "2", TIME, toId=self.bob)
         await self.store.storeOffline([(self.bob, first)])
-        draining = self.service.router.drainInto(self.bob)
+        draining = self.service.router.drains.drainInto(self.bob)
         self.service.router.eventArrived(self.bob, second)
         self.assertEqual(bobSession.texts, [])
         await draining
@@ -551,7 +552,7 @@ class ChatTests(ServiceTestCase):
         first = ChatEvent(self.alice, "alice", "1", TIME, toId=self.bob)
         second = ChatEvent(self.alice, "alice", "2", TIME, toId=self.bob)
         await self.store.storeOffline([(self.bob, first)])
-        draining = self.service.router.drainInto(self.bob)
+        draining = self.service.router.drains.drainInto(self.bob)
         self.service.router.eventArrived(self.bob, second)
         self.service.sessionEnded(bobSession)
         await draining
@@ -1074,7 +1075,7 @@ class ProtocolLoginRaceTests(ServiceTestCase):
             return result
 
         self.service.handle = watch  # type: ignore[method-assign]
-        protocol = ChatFactory(self.service, 1024).buildProtocol(
+        protocol = ChatFactory(self.service, ConnectionLimits(maxLine=1024)).buildProtocol(
             IPv4Address("TCP", "127.0.0.1", 1))
         transport = StringTransport()
         protocol.makeConnection(transport)

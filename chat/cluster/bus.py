@@ -44,11 +44,13 @@ class IBusReceiver(Interface):
     def pokeArrived(userId: int) -> None:
         """C{userId} has new offline messages."""
 
-    def deliveryUncertain(messages: Sequence[tuple[int, ChatEvent]]) -> None:
+    def deliveryUncertain(
+            messages: Sequence[tuple[int, ChatEvent]]) -> Deferred[None]:
         """
         These C{(userId, event)} messages were counted as taken by a
-        subscriber, but the bus went away before it could be sure they
-        were handed over: store them (a duplicate beats a loss).
+        subscriber, but no proof came that they were delivered or stored
+        there: store them (a duplicate beats a loss).  Fires once they
+        are.
         """
 
     def busInterrupted() -> None:

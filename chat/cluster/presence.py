@@ -26,7 +26,7 @@ itself: the server's registry (L{ILocalSessions}) does.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -43,6 +43,8 @@ DEFAULT_LEASE_SECONDS = 10.0
 RENEW_SECONDS = 1.0
 PURGE_EVERY = 5
 """Renewals between two purges of the sessions of dead nodes."""
+HOLD_FRACTION = 0.8
+"""The part of the lease period this node counts on, by its own clock."""
 NO_TAKEOVER_LEASE = 1e12
 """A lease that no node outlives: a claim made with it takes over only this
 node's own session rows and those of nodes that have no lease at all."""
@@ -69,19 +71,65 @@ class Lease:
     """
     This node's lease, as this node knows it.
 
+    A lease is a promise to act only while it holds (PROTOCOL.md section
+    6, "A node that lost its lease acts for nobody").  It holds for
+    L{HOLD_FRACTION} of the lease period after the last renewal that the
+    database accepted was sent, by this node's clock: another node takes
+    a session over only after the whole period by the database's clock,
+    so the margin covers the two clocks' drift and the renewal's own
+    latency.  Once it has lapsed (the node was paused, starved of CPU or
+    cut off from the database) it holds again only after a renewal and a
+    check of every session this node has: then L{confirm}.
+
     @ivar seconds: how long a node may stay silent before its sessions
         may be taken over.
     @ivar trusted: whether an expired lease proves its node dead; false
         for a lease period after this node failed to renew its own.
     """
 
-    def __init__(self, seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+    def __init__(self, seconds: float = DEFAULT_LEASE_SECONDS,
+                 clock: Optional[IReactorTime] = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        assert clock is not None
         self.seconds = seconds
         self.trusted = True
+        self._clock = clock
+        self._confirmed = True
+        self._holdsUntil = clock.seconds() + seconds * HOLD_FRACTION
+        self._observers: list[Callable[[], None]] = []
 
     def takeoverAfter(self) -> float:
         """The lease age past which a login may take a session over."""
         return self.seconds if self.trusted else NO_TAKEOVER_LEASE
+
+    def holds(self) -> bool:
+        """Whether this node may act for its sessions now."""
+        if self._clock.seconds() < self._holdsUntil:
+            return self._confirmed
+        self._confirmed = False
+        return False
+
+    def renewed(self, sentAt: float) -> bool:
+        """
+        A renewal sent at C{sentAt} was accepted.  Whether the lease held
+        until now (else the sessions must be checked, then L{confirm}).
+        """
+        held = self.holds()
+        self._holdsUntil = max(self._holdsUntil,
+                               sentAt + self.seconds * HOLD_FRACTION)
+        return held
+
+    def confirm(self) -> None:
+        """Every session still here is this node's: act again."""
+        if not self._confirmed:
+            self._confirmed = True
+            for observer in list(self._observers):
+                observer()
+
+    def onConfirmed(self, observer: Callable[[], None]) -> None:
+        """Call C{observer} whenever the lease holds again after a lapse."""
+        self._observers.append(observer)
 
 
 class Presence(Service):
@@ -130,6 +178,7 @@ class Presence(Service):
         purge = (lease.seconds if self._renewals % PURGE_EVERY == 0
                  and lease.trusted else None)
         localCount = self._sessions.count()
+        sentAt = self._reactor.seconds()
         d = self._store.renewLease(self._nodeId, purge)
 
         def renewed(count: int) -> Optional[Deferred[None]]:
@@ -138,6 +187,12 @@ class Presence(Service):
                 self._failing = False
             lease.trusted = self._lastFailure is None or (
                 self._reactor.seconds() - self._lastFailure >= lease.seconds)
+            if not lease.renewed(sentAt):
+                self._log.warn("this node's lease had lapsed; checking its "
+                               "{n} sessions before acting for them again",
+                               n=self._sessions.count())
+                return self._checkOwnership().addCallback(
+                    lambda _: lease.confirm())
             if count == localCount == self._sessions.count():
                 return None
             return self._checkOwnership()
@@ -150,7 +205,10 @@ class Presence(Service):
                                error=failure.value)
                 self._failing = True
 
-        return d.addCallbacks(renewed, failed)
+        # A failed ownership check is treated like a failed renewal: the
+        # loop goes on either way.
+        checked: Deferred[None] = d.addCallback(renewed)
+        return checked.addErrback(failed)
 
     def _checkOwnership(self) -> Deferred[None]:
         """
@@ -159,10 +217,10 @@ class Presence(Service):
 
         Every local session has its row, so as long as the database counts
         as many rows for this node as there are local sessions, none was
-        taken over and the renewal skips this: with thousands of sessions,
-        reading and comparing them all every second would stall every
-        connection for milliseconds.  (A takeover hidden by a login or
-        logout in flight shows at a later renewal.)
+        taken over and a renewal skips this (unless the lease had lapsed):
+        with thousands of sessions, reading and comparing them all every
+        second would stall every connection for milliseconds.  (A takeover
+        hidden by a login or logout in flight shows at a later renewal.)
         """
         before = self._sessions.snapshot()
         return self._store.sessionsOn(self._nodeId).addCallback(

@@ -60,7 +60,7 @@ class Accounts:
         await self._sessions.claim(session, user.id, user.name)
         self._directory.remember(user.id, user.name)
         try:
-            offline = await self._router.offlineFor(user.id)
+            offline = await self._router.drains.forLogin(user.id)
             friends = await self._store.friendsOf(user.id)
             groups = await self._store.groupsOf(user.id)
         except BaseException:

@@ -4,9 +4,10 @@ session of the user logged in on it.
 
 The protocol turns bytes into requests through its dialect, hands them to
 the service one at a time (so replies keep the order of the requests) and
-writes what comes back; to the service it is an L{ISession}.  It owns the
-connection's state and what is written to it; it never runs SQL and knows
-no business rule.
+writes what comes back through its L{OutputQueue}; to the service it is an
+L{ISession}.  Events that the queue could not write when the session ends
+go back to the service to be stored.  It owns the connection's state; it
+never runs SQL and knows no business rule.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import socket
 from collections import deque
 from typing import Any, Optional, Union
 
+import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, ITransport
+from twisted.internet.interfaces import (
+    IAddress, IDelayedCall, IReactorTime, ITransport,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +31,9 @@ from chat.core.messages import (
     Bye, ChatEvent, Help, HelpText, LoggedIn, Login, Quit, Reply, Request,
 )
 from chat.logs import logFailure
+from chat.server.output import (
+    DEFAULT_MAX_OUTPUT, DEFAULT_STALL_TIMEOUT, OutputQueue,
+)
 from chat.server.session import IChatService, ISession
 from chat.wire.dialect import IDialect, Rejected
 from chat.wire.framing import MessageSplitter, MessageTooLong
@@ -36,10 +43,28 @@ from chat.wire.textdialect import TEXT
 _BLANK = b" \t"
 _PAUSE_AT = 64
 """Queued requests at which the connection stops reading, for backpressure."""
+CLOSE_SECONDS = 10.0
+"""How long a closing connection may take to read what it was sent last
+(a notice, a reply) before it is dropped."""
 
 Queued = Union[bytes, MessageTooLong]
 """A client message waiting to be handled, or the overlong one that ends
 the connection."""
+
+
+@attrs.frozen
+class ConnectionLimits:
+    """
+    What one connection may cost (PROTOCOL.md sections 1 and 6).
+
+    @ivar maxLine: the longest client message, in bytes.
+    @ivar maxOutput: the most bytes of events waiting to be written.
+    @ivar stallTimeout: how long a connection may stay over C{maxOutput}.
+    """
+
+    maxLine: int = 65536
+    maxOutput: int = DEFAULT_MAX_OUTPUT
+    stallTimeout: float = DEFAULT_STALL_TIMEOUT
 
 
 def chooseDialect(firstMessage: bytes, endedInNUL: bool) -> IDialect:
@@ -65,22 +90,31 @@ class ChatProtocol(Protocol):
     userId: Optional[int] = None
     userName: Optional[str] = None
 
-    def __init__(self, service: IChatService, maxLength: int,
-                 connections: set["ChatProtocol"]) -> None:
+    def __init__(self, service: IChatService, limits: ConnectionLimits,
+                 clock: IReactorTime, connections: set["ChatProtocol"]) -> None:
         self._service = service
+        self._limits = limits
+        self._clock = clock
         self._connections = connections
-        self._splitter = MessageSplitter(maxLength)
+        self._splitter = MessageSplitter(limits.maxLine)
         self._dialect: Optional[IDialect] = None
         self._queue: deque[Queued] = deque()
+        self._output: Optional[OutputQueue] = None
         self._busy = False
         self._paused = False
         self._closing = False
-        self._held: Optional[list[ChatEvent]] = None
+        self._loggingIn = False
+        self._closeTimer: Optional[IDelayedCall] = None
 
     def _transport(self) -> ITransport:
         transport = self.transport
         assert transport is not None, "connected"
         return transport
+
+    def _out(self) -> OutputQueue:
+        output = self._output
+        assert output is not None, "connected"
+        return output
 
     @property
     def peer(self) -> str:
@@ -95,14 +129,34 @@ class ChatProtocol(Protocol):
     # Connection life --------------------------------------------------
 
     def connectionMade(self) -> None:
-        enableKeepAlive(self._transport())
+        transport = self._transport()
+        enableKeepAlive(transport)
+        self._output = OutputQueue(
+            transport, self._clock, self._limits.maxOutput,
+            self._limits.stallTimeout, readable=self._backlogReadable,
+            stalled=self._stalled)
         self._connections.add(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connections.discard(self)
         self._closing = True
         self._queue.clear()
+        if self._closeTimer is not None and self._closeTimer.active():
+            self._closeTimer.cancel()
+        if not self._loggingIn:
+            # (A login in flight stores them with its offline messages,
+            # which are older: see _loginAbandoned.)
+            self._storeQueued()
         self._endSession()
+
+    def _storeQueued(self) -> None:
+        """
+        Hand back for storing the events this connection queued but never
+        wrote: they are lost with the connection otherwise.
+        """
+        events = self._out().takeEvents() if self._output else []
+        if events:
+            self._service.storeUndelivered(events)
 
     def _endSession(self) -> None:
         if self.userId is not None:
@@ -112,11 +166,36 @@ class ChatProtocol(Protocol):
         """
         Stop reading and close after what was written; the session ends
         now, so messages for this user are routed elsewhere (stored) rather
-        than into a closing connection.
+        than into a closing connection, and so are the events still
+        waiting here.
         """
         self._closing = True
+        self._storeQueued()
         self._endSession()
-        self._transport().loseConnection()
+        self._closeSoon()
+
+    def _closeSoon(self, last: Optional[bytes] = None) -> None:
+        """Write C{last}, close once the output is written, or drop the
+        connection if the client does not read it in time."""
+        self._out().close(last)
+        if self._closeTimer is None:
+            self._closeTimer = self._clock.callLater(
+                CLOSE_SECONDS, self._abort)
+
+    def _abort(self) -> None:
+        self._transport().abortConnection()  # type: ignore[attr-defined] # TCP transports provide it
+
+    def _backlogReadable(self) -> None:
+        if not self._closing:
+            self._service.backlogReadable(self)
+
+    def _stalled(self) -> None:
+        self._log.info("{peer}: output over its limit for {s} s; closing",
+                       peer=self.peer, s=self._limits.stallTimeout)
+        self._closing = True
+        self._storeQueued()
+        self._endSession()
+        self._abort()
 
     # Input ------------------------------------------------------------
 
@@ -184,10 +263,14 @@ class ChatProtocol(Protocol):
             # Like a logout, answered once the database has let the
             # session go, so the user may log in elsewhere right after.
             self._busy = True
+            self._storeQueued()
             self._service.sessionEnded(self).addBoth(self._bye, request)
             return
         if isinstance(request, Login):
-            self._held = []
+            # No event may overtake the login reply and the offline
+            # messages it brings.
+            self._loggingIn = True
+            self._out().hold()
         try:
             result = self._service.handle(self, request)
         except Exception:
@@ -219,14 +302,11 @@ class ChatProtocol(Protocol):
             if isinstance(reply, LoggedIn):
                 self._loginAbandoned(reply)
             return
-        data = self._spoken().encodeReply(request, reply)
-        if data is not None:
-            self._transport().write(data)
+        self._answer(self._spoken().encodeReply(request, reply))
         if isinstance(reply, LoggedIn):
             self._log.info("{peer}: {userName} (id {userId}) logged in",
                            peer=self.peer, userName=reply.name,
                            userId=reply.userId)
-        self._releaseHeld()
 
     def _failed(self, failure: Failure, request: Request) -> None:
         if failure.check(ChatError):
@@ -236,22 +316,27 @@ class ChatProtocol(Protocol):
             self._log.failure("handling {request} from {peer}", failure,
                               request=request, peer=self.peer)
             error = Unavailable("internal error; retry")
-        self.sendError(request, error)
-        self._releaseHeld()
+        if self._closing:
+            if self._loggingIn:
+                self._loggingIn = False
+                self._storeQueued()
+            return
+        self._answer(self._spoken().encodeError(request, error))
+
+    def _answer(self, data: Optional[bytes]) -> None:
+        """
+        Write a reply; the reply to a login goes out ahead of the events
+        held while it was pending.
+        """
+        if self._loggingIn:
+            self._loggingIn = False
+            self._out().release(data)
+        elif data is not None:
+            self._out().write(data)
 
     def sendError(self, context: Any, error: ChatError) -> None:
         if not self._closing:
-            self._transport().write(self._spoken().encodeError(context, error))
-
-    def _releaseHeld(self) -> None:
-        """
-        Write the events that arrived while a login was being answered, in
-        their order, now that the login reply is out.
-        """
-        held, self._held = self._held, None
-        if held and not self._closing:
-            encode = self._spoken().encodeEvent
-            self._transport().write(b"".join(encode(e) for e in held))
+            self._out().write(self._spoken().encodeError(context, error))
 
     def _loginAbandoned(self, reply: LoggedIn) -> None:
         """
@@ -259,38 +344,47 @@ class ChatProtocol(Protocol):
         the service had registered the session: end that session, or the
         account stays in use and its messages go into a dead connection,
         and hand back for storing the offline messages the login drained
-        and the events held for it.
+        and the events held for it, in that order.
         """
-        held, self._held = self._held or [], None
+        self._loggingIn = False
+        events = [*((reply.userId, e) for e in reply.offline),
+                  *self._out().takeEvents()]
         self._endSession()
-        events = [*reply.offline, *held]
         if events:
-            self._service.storeUndelivered(reply.userId, events)
+            self._service.storeUndelivered(events)
 
     # The session, as the service sees it (ISession) -------------------
 
-    def deliver(self, event: ChatEvent) -> None:
+    def deliver(self, event: ChatEvent) -> bool:
         """
-        Push a chat message to this client (held back while a login reply
-        is pending, so that it never overtakes the offline messages).
+        Push a chat message to this client: written, or queued (held back
+        while a login reply is pending, so that it never overtakes the
+        offline messages), or refused when the output is full.
         """
-        if self._held is not None:
-            self._held.append(event)
-        elif not self._closing:
-            self._transport().write(self._spoken().encodeEvent(event))
+        userId = self.userId
+        if self._closing or userId is None:
+            return False
+        return self._out().offer(self._spoken().encodeEvent(event), event,
+                                 userId)
 
     def notice(self, text: str) -> None:
         if self._dialect is not None and not self._closing:
-            self._transport().write(self._dialect.encodeNotice(text))
+            self._out().write(self._dialect.encodeNotice(text))
 
     def disconnect(self, reason: str) -> None:
         """
-        Tell the client why, then close the connection.  The service has
-        already forgotten this session.
+        Tell the client why, then close the connection; the events still
+        waiting here are stored (with the offline messages of a login in
+        flight, which are older: see L{_loginAbandoned}).  The service
+        forgets the session right after.
         """
-        self.notice(reason)
+        if self._closing or self._output is None:
+            return
+        if not self._loggingIn:
+            self._storeQueued()
         self._closing = True
-        self._transport().loseConnection()
+        self._closeSoon(self._dialect.encodeNotice(reason)
+                        if self._dialect is not None else None)
 
 
 def enableKeepAlive(transport: object) -> None:
@@ -318,13 +412,20 @@ class ChatFactory(Factory):
     protocol = ChatProtocol
     noisy = False
 
-    def __init__(self, service: IChatService, maxLength: int) -> None:
+    def __init__(self, service: IChatService,
+                 limits: ConnectionLimits = ConnectionLimits(),
+                 clock: Optional[IReactorTime] = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        assert clock is not None
         self.service = service
-        self.maxLength = maxLength
+        self.limits = limits
+        self.clock = clock
         self.connections: set[ChatProtocol] = set()
 
     def buildProtocol(self, addr: Optional[IAddress]) -> ChatProtocol:
-        return ChatProtocol(self.service, self.maxLength, self.connections)
+        return ChatProtocol(self.service, self.limits, self.clock,
+                            self.connections)
 
     def closeAll(self, reason: str) -> None:
         """

@@ -3,24 +3,26 @@ Where a message goes: a local push, a publish, or the offline store
 (DESIGN.md section 3), and the order a session sees.
 
 One path, L{Router.route}, serves one recipient and many: each recipient
-is pushed to its session on this node; else, unless the database has
-just said it is offline, published, and a publish that no server took
-(count 0) or whose outcome is unknown is stored, with every recipient the
-database called offline, in one multi-row INSERT, then poked.  The router
-also receives what the bus brings (L{IBusReceiver}), drains offline
-messages into live sessions, names every message that leaves this node
-(L{chat.cluster.dedup}) and drops the stored copies of messages it has
-delivered already.
+is pushed to its session on this node (a slow reader's full output
+refuses it: stored); else, unless the database has just said it is
+offline, published, and a publish that no server took (count 0) or whose
+outcome is unknown is stored, with every recipient the database called
+offline, in one multi-row INSERT, then poked.  The router also receives
+what the bus brings (L{IBusReceiver}), names every message that leaves
+this node (L{chat.cluster.dedup}), and acts for nobody while this node's
+lease does not hold (PROTOCOL.md section 6): routing is refused, and what
+arrives waits until the lease is confirmed.
 
-This module owns delivery and ordering; it never checks a request (the
-handlers do) and never runs SQL itself (the store does).
+This module owns where a message goes; the order around drains is
+L{chat.server.drains}', the order of stores L{chat.server.offline}'s; it
+never checks a request (the handlers do) and never runs SQL.
 """
 
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -29,9 +31,12 @@ from zope.interface import implementer
 
 from chat.cluster.bus import IBusReceiver, IMessageBus, PublishOutcome
 from chat.cluster.dedup import DeliveredRecently, MessageIds
+from chat.cluster.presence import Lease
 from chat.core.errors import Unavailable
 from chat.core.messages import ChatEvent
 from chat.logs import logFailure
+from chat.server.drains import Drains
+from chat.server.offline import Message, OfflineWriter
 from chat.server.session import ISession
 from chat.server.sessions import SessionRegistry
 from chat.storage.store import Store
@@ -39,6 +44,10 @@ from chat.storage.store import Store
 STORE_ATTEMPTS = 60
 """How many times, a second apart, an accepted message is offered to an
 unavailable database before it is given up (and logged as lost)."""
+MAX_HELD = 100_000
+"""Arrivals kept in memory while the lease does not hold; beyond, they
+are stored at once."""
+LAPSED = "this server lost touch with the cluster for a moment; retry"
 
 Recipient = tuple[int, Optional[bool]]
 """A user id and what the database says of its state (L{None}: not
@@ -47,19 +56,6 @@ Stored = Union[int, "Deferred[int]"]
 """How many copies of a routed message were stored, or a Deferred firing
 with it once they are (nothing to wait for when every copy was pushed
 here)."""
-
-
-class _Drain:
-    """
-    A drain of one user's offline messages under way: the live events
-    that wait for it, and whether another drain was asked for meanwhile.
-    """
-
-    __slots__ = ("held", "again")
-
-    def __init__(self) -> None:
-        self.held: list[ChatEvent] = []
-        self.again = False
 
 
 def _nothing() -> None:
@@ -72,17 +68,26 @@ def _taken(outcome: PublishOutcome) -> bool:
 
 @implementer(IBusReceiver)
 class Router:
+    """
+    @ivar drains: the drains of offline messages into live sessions.
+    """
+
     _log = Logger()
 
     def __init__(self, store: Store, bus: IMessageBus,
-                 sessions: SessionRegistry, clock: IReactorTime) -> None:
-        self._store = store
+                 sessions: SessionRegistry, lease: Lease,
+                 clock: IReactorTime) -> None:
         self._bus = bus
         self._sessions = sessions
+        self._lease = lease
         self._clock = clock
         self._ids = MessageIds()
         self._delivered = DeliveredRecently()
-        self._draining: dict[int, _Drain] = {}
+        self._writer = OfflineWriter(store, bus)
+        self.drains = Drains(store, self._writer, sessions, self._delivered,
+                             self.storeEventually)
+        self._held: list[tuple[int, ChatEvent, Deferred[None]]] = []
+        lease.onConfirmed(self._leaseConfirmed)
         bus.setReceiver(self)
 
     # Routing ------------------------------------------------------------
@@ -102,13 +107,19 @@ class Router:
         A plain Deferred chain, not a coroutine, and no Deferred at all
         when every recipient is local: this is the chat's hot path, run
         once per message.
+
+        @raise Unavailable: this node's lease does not hold; nothing was
+            done.
         """
+        if not self._lease.holds():
+            raise Unavailable(LAPSED)
         remote: list[int] = []
         offline: list[int] = []
         for userId, online in recipients:
             session = self._sessions.get(userId)
             if session is not None:
-                self._push(userId, session, event)
+                if not self._push(userId, session, event):
+                    offline.append(userId)
             elif online is False:
                 offline.append(userId)
             else:
@@ -131,8 +142,18 @@ class Router:
             return self._storeCopies(stored, event)
         return 0
 
-    def _storeCopies(self, userIds: list[int], event: ChatEvent) -> Deferred[int]:
-        return self._storeAndPoke([(u, event) for u in userIds]).addCallback(
+    def _push(self, userId: int, session: ISession, event: ChatEvent) -> bool:
+        """
+        Hand C{event} to a local session, unless that user's offline
+        messages are being drained: then it waits for them, since they
+        are older.  Whether the session took it (a slow reader's full
+        output refuses it).
+        """
+        return self.drains.hold(userId, event) or session.deliver(event)
+
+    def _storeCopies(self, userIds: list[int],
+                     event: ChatEvent) -> Deferred[int]:
+        return self._storeNamed([(u, event) for u in userIds]).addCallback(
             lambda _: len(userIds))
 
     def _name(self, event: ChatEvent) -> None:
@@ -140,27 +161,18 @@ class Router:
         if event.messageId is None:
             event.messageId = self._ids.next()
 
-    def _storeAndPoke(self, messages: list[tuple[int, ChatEvent]]
-                      ) -> Deferred[None]:
-        """
-        Store messages offline, then poke their recipients, so that one
-        who is logging in on some server right now drains them too.
-        """
+    def _storeNamed(self, messages: list[Message]) -> Deferred[None]:
         for _, event in messages:
             self._name(event)
+        return self._writer.store(messages)
 
-        def poke(_: None) -> None:
-            self._bus.poke({userId for userId, _ in messages})
-
-        return self._store.storeOffline(messages).addCallback(poke)
-
-    def storeEventually(self, messages: list[tuple[int, ChatEvent]],
+    def storeEventually(self, messages: list[Message],
                         attempt: int = 1) -> Deferred[None]:
         """
-        Store and poke messages that this node has already accepted and
-        that nobody else holds (they came off the bus, out of a drain, or
-        out of a closed connection): while the database is unavailable,
-        retry every second for a while rather than lose them at once.
+        Store messages that this node has already accepted and that
+        nobody else holds (they came off the bus, out of a drain, or out
+        of a closed connection): while the database is unavailable, retry
+        every second for a while rather than lose them at once.
 
         A message stored here was not delivered, whatever was believed
         before, so it is no longer taken for a copy of a delivered one.
@@ -177,7 +189,7 @@ class Router:
                     lambda _: self.storeEventually(messages, attempt + 1))
             return fail(failure)
 
-        d = self._storeAndPoke(messages).addErrback(retry)
+        d = self._storeNamed(messages).addErrback(retry)
         if attempt == 1:
             d.addErrback(logFailure(
                 self._log, "storing {count} messages for user(s) {ids}; "
@@ -185,108 +197,73 @@ class Router:
                 ids=sorted({u for u, _ in messages})))
         return d
 
-    # Local delivery and ordering ---------------------------------------
+    def settled(self) -> Deferred[None]:
+        """Fires once no message is being stored (a stopping node waits)."""
+        return self._writer.idle()
 
-    def _push(self, userId: int, session: ISession, event: ChatEvent) -> None:
-        """
-        Hand C{event} to a local session, unless that user's offline
-        messages are being drained: then it waits for them, since they
-        are older (see L{drainInto}).
-        """
-        drain = self._draining.get(userId)
-        if drain is not None:
-            drain.held.append(event)
-        else:
-            self._deliver(userId, session, event)
-
-    def _deliver(self, userId: int, session: ISession,
-                 event: ChatEvent) -> None:
-        messageId = event.messageId
-        if messageId is not None:
-            self._delivered.add((userId, messageId), self._clock.seconds())
-        session.deliver(event)
-
-    def offlineFor(self, userId: int) -> Deferred[list[ChatEvent]]:
-        """
-        Take a user's offline messages for its login reply, less stored
-        copies of messages this node has delivered already.
-        """
-        return self._store.drainOffline(userId).addCallback(
-            self._undelivered, userId)
-
-    def _undelivered(self, events: list[ChatEvent],
-                     userId: int) -> list[ChatEvent]:
-        delivered = self._delivered
-        return [e for e in events if e.messageId is None
-                or (userId, e.messageId) not in delivered]
-
-    def drainInto(self, userId: int) -> Deferred[None]:
-        """
-        Push a live session's offline messages to it, oldest first.
-
-        A poke arrives ahead of the sender's next message, which may well
-        be published live while the drain's query runs; so until the
-        drained messages are pushed, live events for the user wait behind
-        them, and the session sees the sender's order.  A poke during a
-        drain asks for one more drain after it.
-        """
-        drain = self._draining.get(userId)
-        if drain is not None:
-            drain.again = True
-            return succeed(None)
-        drain = self._draining[userId] = _Drain()
-        return self._drainOnce(userId, drain)
-
-    def _drainOnce(self, userId: int, drain: _Drain) -> Deferred[None]:
-        def push(events: list[ChatEvent]) -> Optional[Deferred[None]]:
-            events = self._undelivered(events, userId) + drain.held
-            drain.held = []
-            session = self._sessions.get(userId)
-            if session is None:
-                del self._draining[userId]
-                if events:
-                    # Logged out during the drain: put them back.
-                    return self.storeEventually([(userId, e) for e in events])
-                return None
-            for event in events:
-                self._deliver(userId, session, event)
-            if drain.again:
-                drain.again = False
-                return self._drainOnce(userId, drain)
-            del self._draining[userId]
-            return None
-
-        def failed(failure: Failure) -> Failure:
-            push([])  # release what waited; the next poke or login drains
-            return failure
-
-        return self._store.drainOffline(userId).addCallbacks(
-            push, failed).addErrback(logFailure(
-                self._log, "draining offline messages of user {userId}",
-                userId=userId))
+    def backlogReadable(self, userId: int) -> None:
+        """A slow reader has read its backlog: push it what was stored."""
+        if self._lease.holds():
+            self.drains.drainInto(userId)
 
     # Arrivals from the bus (IBusReceiver) ------------------------------
 
     def eventArrived(self, userId: int,
                      event: ChatEvent) -> Optional[Deferred[None]]:
+        if not self._lease.holds():
+            return self._holdArrival(userId, event)
+        return self._arrive(userId, event)
+
+    def _arrive(self, userId: int,
+                event: ChatEvent) -> Optional[Deferred[None]]:
         session = self._sessions.get(userId)
-        if session is not None:
-            self._push(userId, session, event)
+        if session is not None and self._push(userId, session, event):
+            if event.messageId is not None:
+                self._delivered.add((userId, event.messageId),
+                                    self._clock.seconds())
             return None
-        # The user logged out while the message was in flight: store it.
+        # The user logged out while the message was in flight, or reads
+        # too slowly: store it.
         return self.storeEventually([(userId, event)])
 
+    def _holdArrival(self, userId: int, event: ChatEvent) -> Deferred[None]:
+        """
+        Keep what arrives while the lease does not hold: the session it is
+        for may have been taken over meanwhile, and no user may have two
+        sessions that both receive.
+        """
+        if len(self._held) >= MAX_HELD:
+            return self.storeEventually([(userId, event)])
+        d: Deferred[None] = Deferred()
+        self._held.append((userId, event, d))
+        return d
+
+    def _leaseConfirmed(self) -> None:
+        """
+        The lease holds again and every session still here is this
+        node's: hand them what arrived meanwhile (the rest is stored), and
+        drain what was stored for them.
+        """
+        held, self._held = self._held, []
+        for userId, event, d in held:
+            storing = self._arrive(userId, event)
+            if storing is None:
+                d.callback(None)
+            else:
+                storing.chainDeferred(d)
+        self.busReconnected()
+
     def pokeArrived(self, userId: int) -> None:
-        if userId in self._sessions:
-            self.drainInto(userId)
+        if userId in self._sessions and self._lease.holds():
+            self.drains.drainInto(userId)
 
     def deliveryUncertain(self,
-                          messages: Sequence[tuple[int, ChatEvent]]) -> None:
-        self.storeEventually(list(messages))
+                          messages: Sequence[Message]) -> Deferred[None]:
+        return self.storeEventually(list(messages))
 
     def busInterrupted(self) -> None:
         self._delivered.keepRecent(self._clock.seconds())
 
     def busReconnected(self) -> None:
         for userId in self._sessions.userIds():
-            self.drainInto(userId)
+            self.drains.drainInto(userId)

@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from chat.cluster.bus import IMessageBus
 from chat.cluster.presence import Lease
-from chat.core.errors import Forbidden, NotLoggedIn
+from chat.core.errors import Forbidden, NotLoggedIn, Unavailable
 from chat.core.messages import (
     ANONYMOUS_REQUESTS, AddFriend, AddGroup, Chat, ChatEvent, CreateGroup,
     FriendList, GroupChat, GroupList, Login, Logout, Ping, Pong, Register,
@@ -29,7 +29,7 @@ from chat.core.messages import (
 from chat.passwords import Passwords
 from chat.server.accounts import Accounts
 from chat.server.messaging import Messaging, serverTime
-from chat.server.routing import Router
+from chat.server.routing import LAPSED, Router
 from chat.server.session import Answer, IChatService, ISession
 from chat.server.sessions import SessionRegistry
 from chat.server.social import Social
@@ -62,8 +62,10 @@ class ChatService:
             from twisted.internet import reactor as scheduler
         assert scheduler is not None
         self.nodeId = nodeId
-        self.sessions = SessionRegistry(store, bus, lease or Lease(), nodeId)
-        self.router = Router(store, bus, self.sessions, scheduler)
+        self._lease = lease or Lease(clock=scheduler)
+        self.sessions = SessionRegistry(store, bus, self._lease, nodeId)
+        self.router = Router(store, bus, self.sessions, self._lease,
+                             scheduler)
         directory = Directory(store)
         accounts = Accounts(store, passwords, self.sessions, self.router,
                             directory)
@@ -87,6 +89,10 @@ class ChatService:
         if session.userId is None and not isinstance(
                 request, ANONYMOUS_REQUESTS):
             raise NotLoggedIn("log in first")
+        if not (isinstance(request, Ping) or self._lease.holds()):
+            # The lease lapsed: the session may have been taken over by
+            # another node meanwhile (PROTOCOL.md section 6).
+            raise Unavailable(LAPSED)
         claimed = getattr(request, "claimedId", None)
         if claimed is not None and claimed != session.userId:
             raise Forbidden("the request's id is not yours")
@@ -95,12 +101,20 @@ class ChatService:
     def sessionEnded(self, session: ISession) -> Deferred[None]:
         return self.sessions.forget(session)
 
-    def storeUndelivered(self, userId: int,
-                         events: Sequence[ChatEvent]) -> Deferred[None]:
-        return self.router.storeEventually([(userId, e) for e in events])
+    def storeUndelivered(
+            self, messages: Sequence[tuple[int, ChatEvent]]) -> Deferred[None]:
+        return self.router.storeEventually(list(messages))
+
+    def backlogReadable(self, session: ISession) -> None:
+        if session.userId is not None:
+            self.router.backlogReadable(session.userId)
 
     def shutdown(self, reason: str) -> None:
         """
         This node is stopping: every session is told C{reason} and closed.
         """
         self.sessions.closeAll(reason)
+
+    def settled(self) -> Deferred[None]:
+        """Fires once no message is being stored."""
+        return self.router.settled()

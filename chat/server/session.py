@@ -35,8 +35,12 @@ class ISession(Interface):
         "The logged-in user's name; set by the session registry.")
     peer: str = Attribute("The client's address, for logs.")
 
-    def deliver(event: ChatEvent) -> None:
-        """Push a chat message to the client."""
+    def deliver(event: ChatEvent) -> bool:
+        """
+        Push a chat message to the client: whether the session took it (a
+        slow reader whose output is full refuses it, and every later one
+        until it has read its backlog; the router stores what is refused).
+        """
 
     def notice(text: str) -> None:
         """Push a server notice to the client."""
@@ -64,17 +68,26 @@ class IChatService(Interface):
         once the database no longer holds the session.
         """
 
-    def storeUndelivered(userId: int,
-                         events: Sequence[ChatEvent]) -> Deferred[None]:
+    def storeUndelivered(
+            messages: Sequence[tuple[int, ChatEvent]]) -> Deferred[None]:
         """
-        Events handed to a session that could not write them: store them
-        again, in order, for the user's next login.
+        C{(userId, event)}s handed to a session that could not write
+        them: store them again, in order, for each user's next login.
+        """
+
+    def backlogReadable(session: ISession) -> None:
+        """
+        C{session} refused events and has since read what was waiting:
+        push it what was stored meanwhile.
         """
 
     def shutdown(reason: str) -> None:
         """
         This node is stopping: every session is told C{reason} and closed.
         """
+
+    def settled() -> Deferred[None]:
+        """Fires once no message is being stored (a stopping node waits)."""
 
 
 def identity(session: ISession) -> tuple[int, str]:

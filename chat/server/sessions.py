@@ -145,5 +145,7 @@ class SessionRegistry:
             self._closeSession(session, reason)
 
     def _closeSession(self, session: ISession, reason: str) -> None:
-        self.forget(session, release=False)
+        # Told first, while it still knows its user: what waits in its
+        # output is stored for that user.
         session.disconnect(reason)
+        self.forget(session, release=False)

@@ -1,0 +1,205 @@
+"""
+What waits to be written to one connection, bounded in bytes
+(PROTOCOL.md section 6, "Slow readers" and "Nothing queued is lost").
+
+Twisted buffers whatever is written to a transport, without limit.  So the
+connection registers this queue as the streaming producer of its
+transport: Twisted pauses it when the transport's own buffer passes its
+C{bufferSize} (64 KiB) and resumes it once that has drained.  While
+paused, what the connection has to say waits here, counted: replies and
+notices always (a client that pipelines is bounded by the protocol's
+window), chat events up to the limit.  An event that would pass it is
+refused, and so is every later one, until the client has read what was
+waiting (the queue is below a quarter of the limit); the router stores
+what is refused, and pushes it back when told the backlog is readable.
+A queue that stays over the limit for the stall timeout gives up on its
+client.
+
+This module owns the bytes on their way out and the events among them;
+it never decides what happens to a refused event (the router does) and
+never reads from the connection.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Optional
+
+from twisted.internet.interfaces import (
+    IDelayedCall, IPushProducer, IReactorTime, ITransport,
+)
+from zope.interface import implementer
+
+from chat.core.messages import ChatEvent
+
+DEFAULT_MAX_OUTPUT = 1 << 20
+Owned = tuple[int, ChatEvent]
+"""An event and the user it was delivered to (a connection may log out
+and in as another user while events wait)."""
+DEFAULT_STALL_TIMEOUT = 120.0
+
+
+@implementer(IPushProducer)
+class OutputQueue:
+    """
+    The output of one connection.
+
+    @ivar queuedBytes: what waits here, in bytes.
+    @ivar overflowed: whether events are being refused (a backlog exists
+        in the offline store).
+    """
+
+    def __init__(self, transport: ITransport, clock: IReactorTime,
+                 limit: int = DEFAULT_MAX_OUTPUT,
+                 stallTimeout: float = DEFAULT_STALL_TIMEOUT,
+                 readable: Callable[[], None] = lambda: None,
+                 stalled: Callable[[], None] = lambda: None) -> None:
+        self._transport = transport
+        self._clock = clock
+        self._limit = limit
+        self._stallTimeout = stallTimeout
+        self._readable = readable
+        self._stalled = stalled
+        self._items: deque[tuple[bytes, Optional[Owned]]] = deque()
+        self.queuedBytes = 0
+        self.overflowed = False
+        self._paused = False
+        self._holding = False
+        self._closing = False
+        self._stallTimer: Optional[IDelayedCall] = None
+        transport.registerProducer(self, True)  # type: ignore[attr-defined] # TCP transports provide it
+
+    # IPushProducer: Twisted's flow control of the write direction -------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._flush()
+
+    def stopProducing(self) -> None:
+        """The connection is gone: nothing more is written."""
+        self._paused = True
+        self._cancelStallTimer()
+
+    # Writing ------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """
+        A reply, an error or a notice: never refused, and never overtaking
+        what waits.
+        """
+        if self._open():
+            self._transport.write(data)
+        else:
+            self._items.append((data, None))
+            self.queuedBytes += len(data)
+
+    def offer(self, data: bytes, event: ChatEvent, userId: int) -> bool:
+        """
+        A chat event for user C{userId}, encoded as C{data}: written, or
+        queued, or refused (returns C{False}) when the queue is over its
+        limit or events are being refused already.
+        """
+        if self.overflowed:
+            return False
+        if self._open():
+            self._transport.write(data)
+            return True
+        if self.queuedBytes + len(data) > self._limit:
+            self._overflow()
+            return False
+        self._items.append((data, (userId, event)))
+        self.queuedBytes += len(data)
+        return True
+
+    def _open(self) -> bool:
+        """Whether bytes may go straight to the transport."""
+        return not (self._paused or self._holding or self._items)
+
+    def hold(self) -> None:
+        """Keep events here until L{release}: a login reply is pending,
+        and no event may overtake it or the offline messages it brings."""
+        self._holding = True
+
+    def release(self, first: Optional[bytes] = None) -> None:
+        """Write C{first} (the login reply), then what was held."""
+        self._holding = False
+        if first is not None:
+            self._items.appendleft((first, None))
+            self.queuedBytes += len(first)
+        self._flush()
+
+    def _flush(self) -> None:
+        items = self._items
+        while items and not (self._paused or self._holding):
+            data, _ = items.popleft()
+            self.queuedBytes -= len(data)
+            # May pause this producer at once, when the transport's buffer
+            # passes its size.
+            self._transport.write(data)
+        if self.overflowed and not self._holding and \
+                self.queuedBytes < self._limit // 4:
+            self.overflowed = False
+            self._cancelStallTimer()
+            self._readable()
+        if self._closing and not items:
+            self._closeTransport()
+
+    def _overflow(self) -> None:
+        self.overflowed = True
+        if self._stallTimer is None:
+            self._stallTimer = self._clock.callLater(
+                self._stallTimeout, self._stallTimedOut)
+
+    def _stallTimedOut(self) -> None:
+        self._stallTimer = None
+        if self.overflowed:
+            self._stalled()
+
+    def _cancelStallTimer(self) -> None:
+        if self._stallTimer is not None:
+            if self._stallTimer.active():
+                self._stallTimer.cancel()
+            self._stallTimer = None
+
+    # Ending -------------------------------------------------------------
+
+    def takeEvents(self) -> list[Owned]:
+        """
+        The events still waiting here, with their users, in order, no
+        longer to be written (their session ended: they are to be
+        stored).  Replies stay.
+        """
+        events = [owned for _, owned in self._items if owned is not None]
+        if events:
+            self._items = deque(
+                (data, None) for data, owned in self._items if owned is None)
+            self.queuedBytes = sum(len(data) for data, _ in self._items)
+        return events
+
+    def close(self, last: Optional[bytes] = None) -> None:
+        """
+        Write C{last} (a notice), then close the connection once what
+        waits here has been written.  Events held for a login reply are
+        not written: the reply will not come, and they stay for
+        L{takeEvents}.
+        """
+        self._closing = True
+        self._cancelStallTimer()
+        if self._holding:
+            if last is not None:
+                self._transport.write(last)
+            self._closeTransport()
+            return
+        if last is not None:
+            self.write(last)
+        if not self._items:
+            self._closeTransport()
+
+    def _closeTransport(self) -> None:
+        # Twisted does not close a transport whose streaming producer is
+        # paused, so unregister first.
+        self._transport.unregisterProducer()  # type: ignore[attr-defined] # TCP transports provide it
+        self._transport.loseConnection()
