@@ -6,10 +6,8 @@ deliveries and of publishes still uncertain.
 from twisted.trial.unittest import SynchronousTestCase
 
 from chat.cluster.dedup import (
-    SUSPECT_SECONDS, UNCERTAIN_SECONDS, CountedPublishes, DeliveredRecently,
-    MessageIds,
+    REMEMBER_SECONDS, SUSPECT_SECONDS, DeliveredRecently, MessageIds,
 )
-from chat.core.messages import ChatEvent
 
 
 class DeliveredRecentlyTests(SynchronousTestCase):
@@ -22,7 +20,7 @@ class DeliveredRecentlyTests(SynchronousTestCase):
         seen = DeliveredRecently()
         seen.add((1, b"a"), 0.0)
         self.assertIn((1, b"a"), seen)
-        seen.add((1, b"b"), UNCERTAIN_SECONDS + 2)
+        seen.add((1, b"b"), REMEMBER_SECONDS + 1)
         self.assertNotIn((1, b"a"), seen)
         self.assertIn((1, b"b"), seen)
 
@@ -52,22 +50,6 @@ class DeliveredRecentlyTests(SynchronousTestCase):
         seen.keepRecent(1.0)
         seen.discard((1, b"b"))
         self.assertNotIn((1, b"b"), seen)
-
-
-class CountedPublishesTests(SynchronousTestCase):
-    def test_uncertainWindow(self) -> None:
-        """
-        What was counted in the last UNCERTAIN_SECONDS is handed out once;
-        older counts have settled.
-        """
-        counted = CountedPublishes()
-        old = ChatEvent(1, "a", "old", "t", toId=2)
-        new = ChatEvent(1, "a", "new", "t", toId=3)
-        counted.add(0.0, 2, old)
-        counted.add(UNCERTAIN_SECONDS + 1, 3, new)
-        self.assertEqual(counted.takeUncertain(UNCERTAIN_SECONDS + 1.5),
-                         [(3, new)])
-        self.assertEqual(counted.takeUncertain(UNCERTAIN_SECONDS + 1.5), [])
 
 
 class MessageIdsTests(SynchronousTestCase):

@@ -53,6 +53,7 @@ class FakeService:
         self.ended: list[Any] = []
         self.undelivered: list[list[tuple[int, ChatEvent]]] = []
         self.readable: list[Any] = []
+        self.answeredLogins: list[int] = []
         self.answers: dict[type, Any] = {
             Ping: Pong(),
             Chat: ChatSent(online=True),
@@ -89,6 +90,9 @@ class FakeService:
 
     def backlogReadable(self, session: Any) -> None:
         self.readable.append(session)
+
+    def loginAnswered(self, userId: int) -> None:
+        self.answeredLogins.append(userId)
 
     def shutdown(self, reason: str) -> None:
         pass

@@ -55,13 +55,13 @@ class MigrationMixin:
         database = self.openOld()
         store = Store(database)
         store.prepare("n1")
-        events = await store.drainOffline(2)
+        events = (await store.takeOffline(2)).events
         self.assertEqual(
             [(e.text, e.messageId) for e in events],
             [(PLAIN.text, None), (FRAMED.text, b"ab12.7")])
         await store.storeOffline([(2, FRAMED)])
         store.prepare("n1")
-        [again] = await store.drainOffline(2)
+        [again] = (await store.takeOffline(2)).events
         self.assertEqual(again.text, FRAMED.text)
 
 

@@ -62,6 +62,15 @@ class FakeSession:
         self.events.append(event)
         return True
 
+    def deliverStored(self, event: ChatEvent) -> None:
+        self.events.append(event)
+
+    def room(self) -> int:
+        return 1 << 20
+
+    def backlog(self) -> None:
+        pass
+
     def notice(self, text: str) -> None:
         self.notices.append(text)
 
@@ -127,6 +136,8 @@ class ServiceTestCase(TestCase):
         session = FakeSession()
         reply = await self.call(session, Login(user, password))
         self.assertIsInstance(reply, LoggedIn)
+        # As the protocol does once the reply is written.
+        self.service.loginAnswered(reply.userId)
         return session, reply
 
     async def sessionNode(self, userId: int) -> Optional[str]:
@@ -518,7 +529,7 @@ class ChatTests(ServiceTestCase):
         self.assertEqual(bobSession.texts, ["first", "second"])
         await self.service.router.drains.drainInto(self.bob)
         self.assertEqual(bobSession.texts, ["first", "second"])
-        self.assertEqual(await self.store.drainOffline(self.bob), [])
+        self.assertEqual((await self.store.takeOffline(self.bob)).events, ())
 
     async def test_liveEventWaitsForDrain(self) -> None:
         """
@@ -556,7 +567,7 @@ class ChatTests(ServiceTestCase):
         self.service.router.eventArrived(self.bob, second)
         self.service.sessionEnded(bobSession)
         await draining
-        stored = await self.store.drainOffline(self.bob)
+        stored = (await self.store.takeOffline(self.bob)).events
         self.assertEqual([e.text for e in stored],
                          ["1", "2"])
         self.assertEqual(bobSession.texts, [])
@@ -961,7 +972,7 @@ class RoutingTests(ServiceTestCase):
         self.assertTrue(await self.store.claimSession(self.bob, "other", 10))
 
     async def storedFor(self, userId: int) -> list[str]:
-        return [e.text for e in await self.store.drainOffline(userId)]
+        return [e.text for e in (await self.store.takeOffline(userId)).events]
 
     async def test_publishTaken(self) -> None:
         """A publish that a server took is an online delivery; nothing stored."""

@@ -15,46 +15,17 @@ from __future__ import annotations
 import os
 from collections import deque
 
-from chat.core.messages import ChatEvent
-
 Delivery = tuple[int, bytes]
 """A recipient's user id and a message id: one copy of a message (a group
 message has one id for all its recipients)."""
 
-UNCERTAIN_SECONDS = 2.0
-"""How long a message counted as taken by a subscriber stays uncertain: a
-publisher keeps it that long, in case the bus dies before handing it on,
-and stores it as an uncertain copy if that happens."""
+REMEMBER_SECONDS = 10.0
+"""How long a node remembers what it delivered from the bus: longer than
+a publisher waits for the proof of arrival before it stores a copy
+(L{chat.cluster.acks.UNACKED_SECONDS}), and the drain of that copy."""
 SUSPECT_SECONDS = 300.0
 """How long a node whose subscription was interrupted remembers the
 messages it had just received, to recognise stored copies of them."""
-
-
-class CountedPublishes:
-    """
-    The messages Redis counted as taken in the last L{UNCERTAIN_SECONDS},
-    with their recipients: until a subscriber has read them, a Redis crash
-    loses them, so a publisher whose link drops stores these.
-    """
-
-    def __init__(self) -> None:
-        self._counted: deque[tuple[float, int, ChatEvent]] = deque()
-
-    def add(self, now: float, userId: int, event: ChatEvent) -> None:
-        self._counted.append((now, userId, event))
-        self._settle(now)
-
-    def _settle(self, now: float) -> None:
-        """Messages counted long enough ago are no longer uncertain."""
-        counted = self._counted
-        while counted and counted[0][0] < now - UNCERTAIN_SECONDS:
-            counted.popleft()
-
-    def takeUncertain(self, now: float) -> list[tuple[int, ChatEvent]]:
-        """Every message still uncertain, forgotten here."""
-        self._settle(now)
-        counted, self._counted = self._counted, deque()
-        return [(userId, event) for _, userId, event in counted]
 
 
 class MessageIds:
@@ -79,10 +50,10 @@ class DeliveredRecently:
     The ids of the messages from the bus that this node delivered to a
     live session lately.
 
-    A node whose bus lost Redis stores the messages it published in the
-    last L{UNCERTAIN_SECONDS}, since Redis may have died before sending
-    them on; those that did arrive here would then come twice.  So this
-    node remembers what it delivered over that span, and when its own
+    A publisher stores a copy of what no node acknowledged in time
+    (L{chat.cluster.acks}); when it was delivered here after all (the
+    acknowledgement was lost, or late) it would come twice.  So this node
+    remembers what it delivered for L{REMEMBER_SECONDS}, and when its own
     subscription is interrupted it keeps those ids for L{SUSPECT_SECONDS},
     long enough for the stored copies to be drained and recognised.
 
@@ -102,7 +73,7 @@ class DeliveredRecently:
         recent = self._recent
         recent.append((now, delivery))
         self._recentIds.add(delivery)
-        while recent[0][0] < now - UNCERTAIN_SECONDS - 1:
+        while recent[0][0] < now - REMEMBER_SECONDS:
             self._recentIds.discard(recent.popleft()[1])
 
     def discard(self, delivery: Delivery) -> None:

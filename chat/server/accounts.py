@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from chat.core.errors import AlreadyLoggedIn, WrongCredentials
+from chat.core.errors import AccountInUse, AlreadyLoggedIn, WrongCredentials
 from chat.core.messages import (
     LoggedIn, LoggedOut, Login, Logout, Register, Registered,
 )
@@ -57,16 +57,23 @@ class Accounts:
             request.password)
         if user is None or not matches:
             raise WrongCredentials("wrong id or password")
-        await self._sessions.claim(session, user.id, user.name)
-        self._directory.remember(user.id, user.name)
+        if user.id in self._sessions:
+            raise AccountInUse("this account is logged in elsewhere")
+        drains = self._router.drains
+        drains.beginLogin(user.id)
         try:
-            offline = await self._router.drains.forLogin(user.id)
+            await self._sessions.claim(session, user.id, user.name)
+            self._directory.remember(user.id, user.name)
             friends = await self._store.friendsOf(user.id)
             groups = await self._store.groupsOf(user.id)
+            # Last: once taken, the offline messages exist only in the
+            # reply.
+            offline = await drains.takeForLogin(user.id)
         except BaseException:
             self._sessions.forget(session)
+            drains.abandonLogin(user.id)
             raise
-        return LoggedIn(user.id, user.name, friends, groups, tuple(offline))
+        return LoggedIn(user.id, user.name, friends, groups, offline)
 
     async def logout(self, session: ISession, request: Logout) -> LoggedOut:
         # Answered once the database has let the session go (or failed

@@ -16,31 +16,43 @@ where a new message goes (the router does).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chat.cluster.dedup import DeliveredRecently
+from chat.core.errors import AccountInUse
 from chat.core.messages import ChatEvent
 from chat.logs import logFailure
 from chat.server.offline import Message, OfflineWriter
+from chat.server.session import ISession
 from chat.server.sessions import SessionRegistry
-from chat.storage.store import Store
+from chat.storage.store import OfflineBatch, Store
+
+
+LOGIN_BYTES = 256 << 10
+"""How much of a user's offline messages its login reply carries at most;
+the rest follows as ordinary events, before any live one."""
+MIN_ROOM = 16 << 10
+"""A session with less room than this is drained later, once it has read
+more (it refuses live events meanwhile: they are younger)."""
 
 
 class _Drain:
     """
     A drain of one user's offline messages under way: the live events
-    that wait for it, and whether another drain was asked for meanwhile.
+    that wait for it, whether another drain was asked for meanwhile, and
+    whether the login reply it began with is still to be written.
     """
 
-    __slots__ = ("held", "again")
+    __slots__ = ("held", "again", "login")
 
-    def __init__(self) -> None:
+    def __init__(self, login: bool = False) -> None:
         self.held: list[ChatEvent] = []
         self.again = False
+        self.login = login
 
 
 class Drains:
@@ -68,24 +80,62 @@ class Drains:
         drain.held.append(event)
         return True
 
-    def forLogin(self, userId: int) -> Deferred[list[ChatEvent]]:
+    def beginLogin(self, userId: int) -> None:
         """
-        Take a user's offline messages for its login reply (the protocol
-        holds live events until that reply is written).
-        """
-        return self._writer.afterWrites(userId).addCallback(
-            lambda _: self._store.drainOffline(userId)).addCallback(
-            self._undelivered, userId)
+        A login of the user is about to claim its session: from now until
+        L{loginAnswered} (or L{abandonLogin}) live events wait, and no
+        other drain runs, so that the login reply carries the oldest
+        messages and nothing overtakes them.
 
-    def _undelivered(self, events: list[ChatEvent],
-                     userId: int) -> list[ChatEvent]:
+        @raise AccountInUse: a drain for a session of the user is still
+            under way here.
+        """
+        if userId in self._draining:
+            raise AccountInUse("this account is logged in elsewhere")
+        self._draining[userId] = _Drain(login=True)
+
+    def takeForLogin(self, userId: int) -> Deferred[tuple[ChatEvent, ...]]:
+        """
+        Take the oldest of a user's offline messages for its login reply;
+        the rest follows once it is written.
+        """
+        drain = self._draining[userId]
+
+        def taken(batch: OfflineBatch) -> tuple[ChatEvent, ...]:
+            drain.again = drain.again or batch.more
+            return self._undelivered(batch.events, userId)
+
+        return self._writer.afterWrites(userId).addCallback(
+            lambda _: self._store.takeOffline(userId, LOGIN_BYTES)
+        ).addCallback(taken)
+
+    def abandonLogin(self, userId: int) -> None:
+        """The login failed: whatever waited goes to the store."""
+        drain = self._draining.get(userId)
+        if drain is not None and drain.login:
+            self._end(userId, drain, None)
+
+    def loginAnswered(self, userId: int) -> None:
+        """The login reply is out (or its connection closed): go on."""
+        drain = self._draining.get(userId)
+        if drain is not None and drain.login:
+            drain.login = False
+            if drain.again:
+                drain.again = False
+                self._drainOnce(userId, drain)
+            else:
+                self._end(userId, drain, self._sessions.get(userId))
+
+    def _undelivered(self, events: Sequence[ChatEvent],
+                     userId: int) -> tuple[ChatEvent, ...]:
         delivered = self._delivered
-        return [e for e in events if e.messageId is None
-                or (userId, e.messageId) not in delivered]
+        return tuple(e for e in events if e.messageId is None
+                     or (userId, e.messageId) not in delivered)
 
     def drainInto(self, userId: int) -> Deferred[None]:
         """
-        Push a live session's offline messages to it, oldest first.
+        Push a live session's offline messages to it, oldest first, as
+        many as it has room for.
 
         A poke arrives ahead of the sender's next message, which may well
         be published live while the drain's query runs; so until the
@@ -101,33 +151,50 @@ class Drains:
         return self._drainOnce(userId, drain)
 
     def _drainOnce(self, userId: int, drain: _Drain) -> Deferred[None]:
-        def push(events: list[ChatEvent]) -> Optional[Deferred[None]]:
-            events = self._undelivered(events, userId) + drain.held
-            drain.held = []
-            session = self._sessions.get(userId)
-            refused = 0 if session is None else next(
-                (i for i, e in enumerate(events) if not session.deliver(e)),
-                None)
-            if refused is not None:
-                # Logged out during the drain, or a slow reader whose
-                # output is full again: the rest goes back, in order, and
-                # the session asks again once it can take more.
-                del self._draining[userId]
-                rest = events[refused:]
-                return self._storeEventually(
-                    [(userId, e) for e in rest]) if rest else None
-            if drain.again:
+        session = self._sessions.get(userId)
+        if session is None or session.room() < MIN_ROOM:
+            if session is not None:
+                session.backlog()  # it asks again once it has read more
+            return self._end(userId, drain, session)
+
+        def push(batch: OfflineBatch) -> Optional[Deferred[None]]:
+            events = self._undelivered(batch.events, userId)
+            now = self._sessions.get(userId)
+            if now is None:
+                drain.held[:0] = events  # logged out meanwhile: back
+                return self._end(userId, drain, None)
+            for event in events:
+                now.deliverStored(event)
+            if batch.more or drain.again:
                 drain.again = False
                 return self._drainOnce(userId, drain)
-            del self._draining[userId]
-            return None
+            return self._end(userId, drain, now)
 
         def failed(failure: Failure) -> Failure:
-            push([])  # release what waited; the next poke or login drains
+            # Release what waited; the next poke or login drains.
+            self._end(userId, drain, self._sessions.get(userId))
             return failure
 
         d = self._writer.afterWrites(userId).addCallback(
-            lambda _: self._store.drainOffline(userId))
+            lambda _: self._store.takeOffline(userId, session.room()))
         return d.addCallbacks(push, failed).addErrback(logFailure(
             self._log, "draining offline messages of user {userId}",
             userId=userId))
+
+    def _end(self, userId: int, drain: _Drain,
+             session: Optional[ISession]) -> Deferred[None]:
+        """
+        The drain is over: the live events that waited go to the session,
+        until it refuses one (a slow reader): that one and the rest go
+        back to the store, in order, after the stored messages.
+        """
+        if self._draining.get(userId) is drain:
+            del self._draining[userId]
+        events = drain.held
+        drain.held = []
+        refused = 0 if session is None else next(
+            (i for i, e in enumerate(events) if not session.deliver(e)), None)
+        if refused is None or not events[refused:]:
+            return succeed(None)
+        return self._storeEventually(
+            [(userId, e) for e in events[refused:]])

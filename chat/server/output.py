@@ -96,23 +96,43 @@ class OutputQueue:
             self._items.append((data, None))
             self.queuedBytes += len(data)
 
-    def offer(self, data: bytes, event: ChatEvent, userId: int) -> bool:
+    def offer(self, data: bytes, event: ChatEvent, userId: int,
+              force: bool = False) -> bool:
         """
         A chat event for user C{userId}, encoded as C{data}: written, or
         queued, or refused (returns C{False}) when the queue is over its
-        limit or events are being refused already.
+        limit or events are being refused already.  With C{force} it is
+        never refused: a drain took it from the store by L{room}.
         """
-        if self.overflowed:
+        if self.overflowed and not force:
             return False
         if self._open():
             self._transport.write(data)
             return True
-        if self.queuedBytes + len(data) > self._limit:
-            self._overflow()
+        if not force and self.queuedBytes + len(data) > self._limit:
+            self.backlog()
             return False
         self._items.append((data, (userId, event)))
         self.queuedBytes += len(data)
         return True
+
+    def room(self) -> int:
+        """How many bytes of events would be taken now."""
+        if self.overflowed:
+            return 0
+        if self._open():
+            return self._limit
+        return max(0, self._limit - self.queuedBytes)
+
+    def backlog(self) -> None:
+        """
+        Refuse events from now on, until the client has read what waits
+        here: a backlog exists in the store.
+        """
+        self.overflowed = True
+        if self._stallTimer is None:
+            self._stallTimer = self._clock.callLater(
+                self._stallTimeout, self._stallTimedOut)
 
     def _open(self) -> bool:
         """Whether bytes may go straight to the transport."""
@@ -146,12 +166,6 @@ class OutputQueue:
             self._readable()
         if self._closing and not items:
             self._closeTransport()
-
-    def _overflow(self) -> None:
-        self.overflowed = True
-        if self._stallTimer is None:
-            self._stallTimer = self._clock.callLater(
-                self._stallTimeout, self._stallTimedOut)
 
     def _stallTimedOut(self) -> None:
         self._stallTimer = None

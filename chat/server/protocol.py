@@ -307,6 +307,7 @@ class ChatProtocol(Protocol):
             self._log.info("{peer}: {userName} (id {userId}) logged in",
                            peer=self.peer, userName=reply.name,
                            userId=reply.userId)
+            self._service.loginAnswered(reply.userId)
 
     def _failed(self, failure: Failure, request: Request) -> None:
         if failure.check(ChatError):
@@ -352,6 +353,7 @@ class ChatProtocol(Protocol):
         self._endSession()
         if events:
             self._service.storeUndelivered(events)
+        self._service.loginAnswered(reply.userId)
 
     # The session, as the service sees it (ISession) -------------------
 
@@ -366,6 +368,18 @@ class ChatProtocol(Protocol):
             return False
         return self._out().offer(self._spoken().encodeEvent(event), event,
                                  userId)
+
+    def deliverStored(self, event: ChatEvent) -> None:
+        userId = self.userId
+        if not self._closing and userId is not None:
+            self._out().offer(self._spoken().encodeEvent(event), event,
+                              userId, force=True)
+
+    def room(self) -> int:
+        return 0 if self._closing else self._out().room()
+
+    def backlog(self) -> None:
+        self._out().backlog()
 
     def notice(self, text: str) -> None:
         if self._dialect is not None and not self._closing:

@@ -105,6 +105,9 @@ class ChatService:
             self, messages: Sequence[tuple[int, ChatEvent]]) -> Deferred[None]:
         return self.router.storeEventually(list(messages))
 
+    def loginAnswered(self, userId: int) -> None:
+        self.router.drains.loginAnswered(userId)
+
     def backlogReadable(self, session: ISession) -> None:
         if session.userId is not None:
             self.router.backlogReadable(session.userId)

@@ -42,6 +42,25 @@ class ISession(Interface):
         until it has read its backlog; the router stores what is refused).
         """
 
+    def room() -> int:
+        """
+        How many bytes of events the session would take now: 0 while it
+        refuses them.
+        """
+
+    def deliverStored(event: ChatEvent) -> None:
+        """
+        Push a message taken from the offline store, sized by L{room}:
+        never refused.
+        """
+
+    def backlog() -> None:
+        """
+        Refuse events from now on, until the client has read what waits
+        for it (then L{IChatService.backlogReadable}): its stored messages
+        are older than anything live.
+        """
+
     def notice(text: str) -> None:
         """Push a server notice to the client."""
 
@@ -73,6 +92,13 @@ class IChatService(Interface):
         """
         C{(userId, event)}s handed to a session that could not write
         them: store them again, in order, for each user's next login.
+        """
+
+    def loginAnswered(userId: int) -> None:
+        """
+        The reply to C{userId}'s login is written (or the connection
+        closed first): the rest of its offline messages, and the live
+        events that waited, may follow.
         """
 
     def backlogReadable(session: ISession) -> None:

@@ -29,6 +29,20 @@ class UserRow:
     passwordHash: str
 
 
+TAKE_ROWS = 500
+"""The most offline messages one take hands out."""
+
+
+@attrs.frozen
+class OfflineBatch:
+    """
+    Offline messages taken, oldest first, and whether more are left.
+    """
+
+    events: tuple[ChatEvent, ...]
+    more: bool
+
+
 @attrs.frozen
 class _Statements:
     """Every statement of the store, for one dialect."""
@@ -103,7 +117,7 @@ def _statements(db: Database) -> _Statements:
             " VALUES (?, ?, ?)"),
         pendingOffline=q(
             "SELECT id, msg_id, payload FROM offline_messages"
-            " WHERE user_id = ? ORDER BY id" + d.forUpdate),
+            " WHERE user_id = ? ORDER BY id LIMIT ?" + d.forUpdate),
         deleteOffline=q(
             "DELETE FROM offline_messages WHERE user_id = ? AND id <= ?"),
         insertSession=q(
@@ -268,23 +282,33 @@ class Store:
 
         return self._db.run(interaction)
 
-    def drainOffline(self, userId: int) -> Deferred[list[ChatEvent]]:
+    def takeOffline(self, userId: int,
+                    maxBytes: Optional[int] = None) -> Deferred[OfflineBatch]:
         """
-        Take a user's offline messages, oldest first: read and delete in one
-        transaction (rows locked on MySQL), so two concurrent drains never
-        hand out the same message.
+        Take a user's oldest offline messages: at most L{TAKE_ROWS}, and
+        no more than C{maxBytes} of them (but at least one, so that a
+        drain always advances).  Read and delete in one transaction (rows
+        locked on MySQL), so two concurrent drains never hand out the
+        same message.
         """
         select, delete = self._sql.pendingOffline, self._sql.deleteOffline
 
-        def interaction(cursor: Any) -> list[ChatEvent]:
-            cursor.execute(select, (userId,))
+        def interaction(cursor: Any) -> OfflineBatch:
+            cursor.execute(select, (userId, TAKE_ROWS + 1))
             rows = cursor.fetchall()
-            if rows:
-                cursor.execute(delete, (userId, rows[-1][0]))
-            return [ChatEvent.fromJSON(
+            taken, size = 0, 0
+            for _, _, payload in rows[:TAKE_ROWS]:
+                size += len(payload)
+                if taken and maxBytes is not None and size > maxBytes:
+                    break
+                taken += 1
+            if taken:
+                cursor.execute(delete, (userId, rows[taken - 1][0]))
+            return OfflineBatch(tuple(ChatEvent.fromJSON(
                 payload.encode("utf-8"),
                 None if messageId is None else messageId.encode("ascii"))
-                for _, messageId, payload in rows]
+                for _, messageId, payload in rows[:taken]),
+                more=taken < len(rows))
 
         return self._db.run(interaction)
 
