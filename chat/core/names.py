@@ -25,7 +25,7 @@ Libraries, and why:
     ships Unicode's confusables.txt (the TS #39 data, version 13.0 in
     confusable-homoglyphs 3.3) as a JSON table, but no skeleton function:
     it offers confusable I{detection} only, and its table records each
-    C{source ; prototype} line in both directions.  L{_prototypeMap}
+    C{source ; prototype} line in both directions.  L{_recoverPrototypes}
     recovers the one-way TS #39 mapping from that table (see there); the
     result equals confusables.txt 13.0 line for line, apart from four lines
     the library's parser skips, which L{_MISSED_BY_LIBRARY} restores.
@@ -37,14 +37,16 @@ Libraries, and why:
 
 The skeleton is TS #39's: NFD, drop Default_Ignorable code points (as
 current revisions of TS #39 do in their C{internalSkeleton}), map each
-character to its prototype, NFD again; taken over the NFKC case fold, and the two steps repeated until
-nothing changes.  One pass is not enough because some prototypes are
-capitals or not folded (Cherokee C{Ꭺ} has the prototype C{A}, Greek C{β}
-the prototype C{ß}): after one pass C{Ꭺlice} would still differ from
-C{alice}.  Every code point reaches its fixed point after at most three
-changing passes, so the result is idempotent: C{nameSkeleton(nameSkeleton(x)) ==
-nameSkeleton(x)}.  Repeating can only join names, never split them, so it
-errs towards refusing a look-alike.
+character to its prototype, NFD again; taken over the NFKC case fold, the
+two steps repeated until nothing changes.  One pass is not enough because
+some prototypes are capitals or not folded (Cherokee C{Ꭺ} has the
+prototype C{A}, Greek C{β} the prototype C{ß}): after one pass C{Ꭺlice}
+would still differ from C{alice}.  Every single code point reaches its
+fixed point after at most three changing passes (and property tests find
+no name that needs more than the bound of eight), so the result is
+idempotent: C{nameSkeleton(nameSkeleton(x)) == nameSkeleton(x)}.
+Repeating can only join names, never split them (names equal after one
+pass stay equal), so it errs towards refusing a look-alike.
 
 Known limit: the case fold comes first, as PROTOCOL.md says, so a capital
 C{I} is an C{i} and C{aIice} does not collide with C{alice} (TS #39 alone
