@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from chat.core import rules
 from chat.wire.dialect import IDialect, Rejected
-from chat.core.errors import NotFound
+from chat.core.errors import InvalidValue, NotFound
 from chat.wire.jsondialect import CLASSIC, JSON
 from chat.core.messages import (
     ChatEvent, Chat, CreateGroup, GroupChat, Register,
@@ -220,12 +220,22 @@ def checkRulesHold(request: Any) -> None:
 # Events ------------------------------------------------------------------
 
 LETTERS = ("Lu", "Ll", "Lt", "Lm", "Lo")
+
+
+def _isValidName(name: str) -> bool:
+    """Letters that render as nothing (Hangul fillers) are refused."""
+    try:
+        return rules.checkUserName(name) == name
+    except InvalidValue:
+        return False
+
+
 userNames = st.builds(
     lambda first, rest: first + rest,
     st.characters(whitelist_categories=LETTERS),
     st.text(st.one_of(st.characters(whitelist_categories=LETTERS),
                       st.sampled_from("0123456789_.-")), max_size=31),
-).filter(lambda name: rules.checkUserName(name) == name)
+).filter(_isValidName)
 chatTexts = st.text(
     st.one_of(st.characters(blacklist_categories=("Cc", "Cs")),
               st.just("\t")),

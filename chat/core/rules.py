@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from chat.core.errors import InvalidValue
+from chat.core.names import isIgnorable
 
 MAX_USER_NAME = 32
 MAX_GROUP_NAME = 50
@@ -46,8 +47,18 @@ def checkUserName(name: str) -> str:
     """
     A user name: 1 to 32 letters (any script), ASCII digits, C{_ . -},
     starting with a letter so that it never looks like an id.
+
+    A character that renders as nothing (Default_Ignorable_Code_Point) is
+    not a letter, though the Hangul fillers (U+3164, U+115F, U+1160,
+    U+FFA0) are letters to Unicode: a name made of them would look empty.
     """
     _checkLength(name, "a user name", MAX_USER_NAME)
+    if not name.isascii():  # no ASCII character is ignorable
+        for ch in name:
+            if isIgnorable(ch):
+                raise InvalidValue(
+                    f"a user name may not hold U+{ord(ch):04X}, which shows"
+                    " as nothing")
     if not name[0].isalpha():
         raise InvalidValue("a user name must start with a letter")
     for ch in name[1:]:
