@@ -37,8 +37,9 @@ CREATE TABLE IF NOT EXISTS offline_messages (
     id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
     user_id BIGINT NOT NULL,
     msg_id VARCHAR(40) CHARACTER SET ascii NULL,
+    sort_key BIGINT NOT NULL DEFAULT 0,
     payload MEDIUMTEXT NOT NULL,
-    KEY offline_messages_by_user (user_id, id)
+    KEY offline_messages_in_order (user_id, sort_key, id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 CREATE TABLE IF NOT EXISTS nodes (

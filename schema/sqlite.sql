@@ -33,19 +33,21 @@ CREATE TABLE IF NOT EXISTS group_members (
 CREATE INDEX IF NOT EXISTS group_members_by_user
     ON group_members (user_id, group_id);
 
--- Messages waiting for their recipient's next login; id gives the order.
--- payload is the classic JSON event exactly as it would have been pushed;
--- msg_id is the message's identity in the cluster (NULL for one that was
--- stored by the node that accepted it and never left it), so that a copy
--- stored because its delivery was uncertain is recognised at the drain.
+-- Messages waiting for their recipient's next login, in the order of
+-- (sort_key, id): sort_key is 0 but for messages put back in front of a
+-- user's others (taken for a connection that died before writing them),
+-- which get one less than the user's smallest.  payload is the classic
+-- JSON event exactly as it would have been pushed; msg_id is the message's
+-- identity in the cluster (NULL for one that was stored by the node that
+-- accepted it and never left it), so that a copy stored because its
+-- delivery was uncertain is recognised at the drain.
 CREATE TABLE IF NOT EXISTS offline_messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id INTEGER NOT NULL,
     msg_id TEXT,
+    sort_key INTEGER NOT NULL DEFAULT 0,
     payload TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS offline_messages_by_user
-    ON offline_messages (user_id, id);
 
 -- Servers of the cluster and their lease: last_seen is renewed about
 -- every second, in seconds since the epoch by the database's clock.

@@ -12,7 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from chat.core.messages import ChatEvent
 from chat.storage.pool import Database, openDatabase
-from chat.storage.store import Store
+from chat.storage.store import OfflineMessage, Store
 from tests.harness import SharedMariaDBDatabase
 
 OLD_OFFLINE_SQLITE = """
@@ -59,7 +59,7 @@ class MigrationMixin:
         self.assertEqual(
             [(e.text, e.messageId) for e in events],
             [(PLAIN.text, None), (FRAMED.text, b"ab12.7")])
-        await store.storeOffline([(2, FRAMED)])
+        await store.storeOffline([OfflineMessage(2, FRAMED)])
         store.prepare("n1")
         [again] = (await store.takeOffline(2)).events
         self.assertEqual(again.text, FRAMED.text)

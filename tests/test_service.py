@@ -37,7 +37,7 @@ from chat.server.protocol import ChatFactory, ConnectionLimits
 from chat.core.rules import MAX_ID
 from chat.server.service import ChatService
 from chat.storage.pool import openDatabase
-from chat.storage.store import Store
+from chat.storage.store import OfflineMessage, Store
 
 NODE = "node-test"
 TIME = "2024-01-01 12:00:00"
@@ -101,13 +101,16 @@ class ServiceTestCase(TestCase):
         # (session releases, stores) that a test left behind.
         self.addCleanup(self.settle)
         self.bus = self.makeBus()
-        self.lease = Lease()
+        self.lease = self.makeLease()
         self.service = ChatService(
             self.store, self.bus, Passwords(timeCost=1, memoryKiB=8), NODE,
             self.lease, clock=lambda: TIME)
 
     def makeBus(self) -> LocalBus:
         return LocalBus()
+
+    def makeLease(self) -> Lease:
+        return Lease()
 
     def call(self, session: Any, request: Request) -> Deferred[Any]:
         """The service's answer to C{request}, always as a Deferred."""
@@ -508,7 +511,8 @@ class ChatTests(ServiceTestCase):
                           groupId=1, messageId=b"n1.7")
         self.service.router.eventArrived(self.bob, event)
         self.assertEqual(bobSession.texts, ["to the group"])
-        await self.store.storeOffline([(self.bob, event), (carol, event)])
+        await self.store.storeOffline([OfflineMessage(self.bob, event),
+                                       OfflineMessage(carol, event)])
         await self.service.router.drains.drainInto(self.bob)
         self.assertEqual(bobSession.texts, ["to the group"])
         _, loggedIn = await self.login(carol)
@@ -523,7 +527,8 @@ class ChatTests(ServiceTestCase):
         bobSession, _ = await self.login(self.bob)
         stored = [ChatEvent(self.alice, "alice", text, TIME, toId=self.bob)
                   for text in ("first", "second")]
-        await self.store.storeOffline([(self.bob, e) for e in stored])
+        await self.store.storeOffline(
+            [OfflineMessage(self.bob, e) for e in stored])
         await self.bus.poke([self.bob])
         await self.eventually(lambda: len(bobSession.events) == 2)
         self.assertEqual(bobSession.texts, ["first", "second"])
@@ -542,7 +547,7 @@ class ChatTests(ServiceTestCase):
         bobSession, _ = await self.login(self.bob)
         first = ChatEvent(self.alice, "alice", "1", TIME, toId=self.bob)
         second = ChatEvent(self.alice, "alice", "2", TIME, toId=self.bob)
-        await self.store.storeOffline([(self.bob, first)])
+        await self.store.storeOffline([OfflineMessage(self.bob, first)])
         draining = self.service.router.drains.drainInto(self.bob)
         self.service.router.eventArrived(self.bob, second)
         self.assertEqual(bobSession.texts, [])
@@ -562,7 +567,7 @@ class ChatTests(ServiceTestCase):
         bobSession, _ = await self.login(self.bob)
         first = ChatEvent(self.alice, "alice", "1", TIME, toId=self.bob)
         second = ChatEvent(self.alice, "alice", "2", TIME, toId=self.bob)
-        await self.store.storeOffline([(self.bob, first)])
+        await self.store.storeOffline([OfflineMessage(self.bob, first)])
         draining = self.service.router.drains.drainInto(self.bob)
         self.service.router.eventArrived(self.bob, second)
         self.service.sessionEnded(bobSession)
@@ -581,7 +586,7 @@ class ChatTests(ServiceTestCase):
         bobSession, _ = await self.login(self.bob)
         event = ChatEvent(self.alice, "alice", "while down", TIME,
                           toId=self.bob)
-        await self.store.storeOffline([(self.bob, event)])
+        await self.store.storeOffline([OfflineMessage(self.bob, event)])
         self.service.router.busReconnected()
         await self.eventually(lambda: bobSession.texts == ["while down"])
 
@@ -1099,3 +1104,100 @@ class ProtocolLoginRaceTests(ServiceTestCase):
         _, loggedIn = await self.login(bob)
         self.assertEqual([e.text for e in loggedIn.offline],
                          ["while you were away"])
+
+
+class SlowSession(FakeSession):
+    """
+    A session whose output takes C{capacity} events, then refuses every
+    event until L{read} (as a slow reader's OutputQueue does).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.refusing = False
+
+    def deliver(self, event: ChatEvent) -> bool:
+        if self.refusing or len(self.events) >= self.capacity:
+            self.refusing = True
+            return False
+        return super().deliver(event)
+
+    def room(self) -> int:
+        return 0 if self.refusing else 1 << 20
+
+    def backlog(self) -> None:
+        self.refusing = True
+
+    def read(self) -> None:
+        """The client read all: it takes events again."""
+        self.refusing = False
+        self.capacity = 1 << 30
+
+
+class SlowReaderTests(ServiceTestCase):
+    """
+    PROTOCOL.md section 6: what a slow reader's output refuses is stored,
+    in order, and pushed back once it has read its backlog, before live
+    delivery resumes.
+    """
+
+    async def test_overflowStoredThenPushedInOrder(self) -> None:
+        alice = await self.register("alice")
+        bob = await self.register("bob")
+        aliceSession, _ = await self.login(alice)
+        bobSession = SlowSession(capacity=2)
+        reply = await self.call(bobSession, Login(bob, "pw"))
+        self.service.loginAnswered(reply.userId)
+        acks = [await self.call(aliceSession, Chat(bob, str(i)))
+                for i in range(5)]
+        self.assertEqual(acks, [ChatSent(online=True)] * 2 +
+                         [ChatSent(online=False)] * 3)
+        # From the bus too: stored behind the others.
+        arrived = self.service.router.eventArrived(bob, ChatEvent(
+            alice, "alice", "5", TIME, toId=bob, messageId=b"n.5"))
+        self.assertIsNotNone(arrived)
+        await arrived
+        self.assertEqual(bobSession.texts, ["0", "1"])
+        bobSession.read()
+        self.service.backlogReadable(bobSession)
+        await self.eventually(lambda: len(bobSession.texts) == 6)
+        self.assertEqual(await self.call(aliceSession, Chat(bob, "6")),
+                         ChatSent(online=True))
+        self.assertEqual(bobSession.texts, [str(i) for i in range(7)])
+
+
+class OfflineStoreTests(ServiceTestCase):
+    """The offline store's order and its bounded takes."""
+
+    def events(self, *texts: str) -> list[ChatEvent]:
+        return [ChatEvent(1, "alice", t, TIME, toId=2) for t in texts]
+
+    async def taken(self, maxBytes: Optional[int] = None) -> tuple[list[str], bool]:
+        batch = await self.store.takeOffline(2, maxBytes)
+        return [e.text for e in batch.events], batch.more
+
+    async def test_inFront(self) -> None:
+        """
+        Messages put back in front go before everything stored for the
+        user, in their own order, and before earlier ones put back too.
+        """
+        a, b, c, d, e = self.events("a", "b", "c", "d", "e")
+        await self.store.storeOffline([OfflineMessage(2, c), OfflineMessage(2, d)])
+        await self.store.storeOffline([OfflineMessage(2, a, True),
+                                       OfflineMessage(2, b, True),
+                                       OfflineMessage(3, e)])
+        self.assertEqual(await self.taken(), (["a", "b", "c", "d"], False))
+
+    async def test_boundedTake(self) -> None:
+        """
+        A take hands out no more than maxBytes (but always one), oldest
+        first, says whether more are left, and deletes only what it took.
+        """
+        big = [ChatEvent(1, "alice", t * 100, TIME, toId=2) for t in "xyz"]
+        await self.store.storeOffline([OfflineMessage(2, e) for e in big])
+        size = len(big[0].toJSON())
+        self.assertEqual(await self.taken(size + 10), (["x" * 100], True))
+        self.assertEqual(await self.taken(1), (["y" * 100], True))
+        self.assertEqual(await self.taken(), (["z" * 100], False))
+        self.assertEqual(await self.taken(), ([], False))

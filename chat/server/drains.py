@@ -60,8 +60,8 @@ class Drains:
 
     def __init__(self, store: Store, writer: OfflineWriter,
                  sessions: SessionRegistry, delivered: DeliveredRecently,
-                 storeEventually: Callable[[list[Message]], Deferred[None]]
-                 ) -> None:
+                 storeEventually: Callable[[list[Message], bool],
+                                           Deferred[None]]) -> None:
         self._store = store
         self._writer = writer
         self._sessions = sessions
@@ -161,7 +161,9 @@ class Drains:
             events = self._undelivered(batch.events, userId)
             now = self._sessions.get(userId)
             if now is None:
-                drain.held[:0] = events  # logged out meanwhile: back
+                # Logged out meanwhile: back where they were taken from,
+                # in front of the user's other stored messages.
+                self._storeEventually([(userId, e) for e in events], True)
                 return self._end(userId, drain, None)
             for event in events:
                 now.deliverStored(event)
@@ -197,4 +199,4 @@ class Drains:
         if refused is None or not events[refused:]:
             return succeed(None)
         return self._storeEventually(
-            [(userId, e) for e in events[refused:]])
+            [(userId, e) for e in events[refused:]], False)

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from chat.cluster.bus import IMessageBus
 from chat.core.messages import ChatEvent
-from chat.storage.store import Store
+from chat.storage.store import OfflineMessage, Store
 
 Message = tuple[int, ChatEvent]
 """A recipient's user id and the event stored for it."""
@@ -57,10 +57,10 @@ class _Batch:
     __slots__ = ("messages", "joins")
 
     def __init__(self) -> None:
-        self.messages: list[Message] = []
+        self.messages: list[OfflineMessage] = []
         self.joins: list[_Join] = []
 
-    def add(self, message: Message, join: _Join) -> None:
+    def add(self, message: OfflineMessage, join: _Join) -> None:
         self.messages.append(message)
         if not self.joins or self.joins[-1] is not join:
             self.joins.append(join)
@@ -76,19 +76,26 @@ class OfflineWriter:
         self._idle: list[Deferred[None]] = []
         self._afterWrites: dict[int, list[Deferred[None]]] = {}
 
-    def store(self, messages: Sequence[Message]) -> Deferred[None]:
+    def store(self, messages: Sequence[Message],
+              inFront: bool = False) -> Deferred[None]:
         """
         Store C{messages} after whatever is being stored for their users,
-        then poke.  Fires once all of them are stored (or fails with the
-        store's error: L{chat.core.errors.Unavailable}).
+        then poke; C{inFront}, before whatever is stored for them already
+        (they were taken for a connection that died before writing them,
+        so they are older).  Fires once all of them are stored (or fails
+        with the store's error: L{chat.core.errors.Unavailable}).
         """
         join = _Join()
         now = _Batch()
         writing = self._writing
-        for message in messages:
-            userId = message[0]
-            if userId not in writing:
-                writing[userId] = None
+        # All of a user's messages of this call in one INSERT: those put in
+        # front must get one sort key.
+        idle = {userId for userId, _ in messages if userId not in writing}
+        for userId in idle:
+            writing[userId] = None
+        for userId, event in messages:
+            message = OfflineMessage(userId, event, inFront)
+            if userId in idle:
                 now.add(message, join)
                 continue
             waiting = writing[userId]
@@ -102,7 +109,7 @@ class OfflineWriter:
         return join.deferred
 
     def _insert(self, batch: _Batch) -> None:
-        users = {userId for userId, _ in batch.messages}
+        users = {message.userId for message in batch.messages}
         d = self._store.storeOffline(batch.messages)
         d.addCallback(lambda _: self._bus.poke(users))
         d.addBoth(self._written, batch, users)

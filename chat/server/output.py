@@ -13,7 +13,9 @@ refused, and so is every later one, until the client has read what was
 waiting (the queue is below a quarter of the limit); the router stores
 what is refused, and pushes it back when told the backlog is readable.
 A queue that stays over the limit for the stall timeout gives up on its
-client.
+client.  What was written but not yet acknowledged by the client's TCP
+stack is tracked too (L{chat.server.acked}), so that a connection that
+dies hands back every event its client did not get.
 
 This module owns the bytes on their way out and the events among them;
 it never decides what happens to a refused event (the router does) and
@@ -31,12 +33,16 @@ from twisted.internet.interfaces import (
 from zope.interface import implementer
 
 from chat.core.messages import ChatEvent
+from chat.server.acked import AckTracker
 
 DEFAULT_MAX_OUTPUT = 1 << 20
 Owned = tuple[int, ChatEvent]
 """An event and the user it was delivered to (a connection may log out
 and in as another user while events wait)."""
 DEFAULT_STALL_TIMEOUT = 120.0
+CLOSE_POLL_SECONDS = 0.01
+"""How often a closing connection looks whether its client has
+acknowledged everything."""
 
 
 @implementer(IPushProducer)
@@ -66,7 +72,10 @@ class OutputQueue:
         self._paused = False
         self._holding = False
         self._closing = False
+        self._stopped = False
         self._stallTimer: Optional[IDelayedCall] = None
+        self._acks: Optional[AckTracker[Owned]] = AckTracker.forTransport(
+            transport)
         transport.registerProducer(self, True)  # type: ignore[attr-defined] # TCP transports provide it
 
     # IPushProducer: Twisted's flow control of the write direction -------
@@ -79,9 +88,16 @@ class OutputQueue:
         self._flush()
 
     def stopProducing(self) -> None:
-        """The connection is gone: nothing more is written."""
+        """
+        The connection is going (Twisted calls this before it closes the
+        socket): nothing more is written, and the client's last count of
+        what it got is read.
+        """
         self._paused = True
+        self._stopped = True
         self._cancelStallTimer()
+        if self._acks is not None:
+            self._acks.settle()
 
     # Writing ------------------------------------------------------------
 
@@ -91,7 +107,7 @@ class OutputQueue:
         what waits.
         """
         if self._open():
-            self._transport.write(data)
+            self._send(data, None)
         else:
             self._items.append((data, None))
             self.queuedBytes += len(data)
@@ -107,7 +123,7 @@ class OutputQueue:
         if self.overflowed and not force:
             return False
         if self._open():
-            self._transport.write(data)
+            self._send(data, (userId, event))
             return True
         if not force and self.queuedBytes + len(data) > self._limit:
             self.backlog()
@@ -134,6 +150,11 @@ class OutputQueue:
             self._stallTimer = self._clock.callLater(
                 self._stallTimeout, self._stallTimedOut)
 
+    def _send(self, data: bytes, owned: Optional[Owned]) -> None:
+        if self._acks is not None:
+            self._acks.written(len(data), owned)
+        self._transport.write(data)
+
     def _open(self) -> bool:
         """Whether bytes may go straight to the transport."""
         return not (self._paused or self._holding or self._items)
@@ -154,11 +175,11 @@ class OutputQueue:
     def _flush(self) -> None:
         items = self._items
         while items and not (self._paused or self._holding):
-            data, _ = items.popleft()
+            data, owned = items.popleft()
             self.queuedBytes -= len(data)
             # May pause this producer at once, when the transport's buffer
             # passes its size.
-            self._transport.write(data)
+            self._send(data, owned)
         if self.overflowed and not self._holding and \
                 self.queuedBytes < self._limit // 4:
             self.overflowed = False
@@ -179,6 +200,15 @@ class OutputQueue:
             self._stallTimer = None
 
     # Ending -------------------------------------------------------------
+
+    def takeUndelivered(self) -> list[Owned]:
+        """
+        The connection is lost: the events its client's TCP stack did not
+        acknowledge, and those still waiting here, with their users, in
+        order.
+        """
+        unacknowledged = self._acks.unacknowledged() if self._acks else []
+        return unacknowledged + self.takeEvents()
 
     def takeEvents(self) -> list[Owned]:
         """
@@ -213,6 +243,20 @@ class OutputQueue:
             self._closeTransport()
 
     def _closeTransport(self) -> None:
+        """
+        Close once the client has acknowledged all that was written, so
+        that nothing it was sent dies with the socket unaccounted for.
+        (The protocol drops a client that takes too long.)
+        """
+        if self._stopped:
+            return  # the connection is gone already
+        acks = self._acks
+        if acks is not None:
+            acks.settle()
+            if not acks.allAcked():
+                self._clock.callLater(CLOSE_POLL_SECONDS,
+                                      self._closeTransport)
+                return
         # Twisted does not close a transport whose streaming producer is
         # paused, so unregister first.
         self._transport.unregisterProducer()  # type: ignore[attr-defined] # TCP transports provide it

@@ -146,15 +146,19 @@ class ChatProtocol(Protocol):
         if not self._loggingIn:
             # (A login in flight stores them with its offline messages,
             # which are older: see _loginAbandoned.)
-            self._storeQueued()
+            self._storeQueued(lost=True)
         self._endSession()
 
-    def _storeQueued(self) -> None:
+    def _storeQueued(self, lost: bool = False) -> None:
         """
         Hand back for storing the events this connection queued but never
-        wrote: they are lost with the connection otherwise.
+        wrote (and, once C{lost}, those its client never acknowledged):
+        they are lost with the connection otherwise.
         """
-        events = self._out().takeEvents() if self._output else []
+        if self._output is None:
+            return
+        output = self._out()
+        events = output.takeUndelivered() if lost else output.takeEvents()
         if events:
             self._service.storeUndelivered(events)
 
@@ -349,7 +353,7 @@ class ChatProtocol(Protocol):
         """
         self._loggingIn = False
         events = [*((reply.userId, e) for e in reply.offline),
-                  *self._out().takeEvents()]
+                  *self._out().takeUndelivered()]
         self._endSession()
         if events:
             self._service.storeUndelivered(events)

@@ -161,18 +161,20 @@ class Router:
         if event.messageId is None:
             event.messageId = self._ids.next()
 
-    def _storeNamed(self, messages: list[Message]) -> Deferred[None]:
+    def _storeNamed(self, messages: list[Message],
+                    inFront: bool = False) -> Deferred[None]:
         for _, event in messages:
             self._name(event)
-        return self._writer.store(messages)
+        return self._writer.store(messages, inFront)
 
-    def storeEventually(self, messages: list[Message],
+    def storeEventually(self, messages: list[Message], inFront: bool = False,
                         attempt: int = 1) -> Deferred[None]:
         """
         Store messages that this node has already accepted and that
         nobody else holds (they came off the bus, out of a drain, or out
-        of a closed connection): while the database is unavailable, retry
-        every second for a while rather than lose them at once.
+        of a closed connection; C{inFront}, see L{OfflineWriter.store}):
+        while the database is unavailable, retry every second for a while
+        rather than lose them at once.
 
         A message stored here was not delivered, whatever was believed
         before, so it is no longer taken for a copy of a delivered one.
@@ -185,11 +187,11 @@ class Router:
         def retry(failure: Failure) -> Deferred[None]:
             if failure.check(Unavailable) and attempt < STORE_ATTEMPTS:
                 later: Deferred[None] = deferLater(self._clock, 1.0, _nothing)
-                return later.addCallback(
-                    lambda _: self.storeEventually(messages, attempt + 1))
+                return later.addCallback(lambda _: self.storeEventually(
+                    messages, inFront, attempt + 1))
             return fail(failure)
 
-        d = self._storeNamed(messages).addErrback(retry)
+        d = self._storeNamed(messages, inFront).addErrback(retry)
         if attempt == 1:
             d.addErrback(logFailure(
                 self._log, "storing {count} messages for user(s) {ids}; "

@@ -103,7 +103,7 @@ class ChatService:
 
     def storeUndelivered(
             self, messages: Sequence[tuple[int, ChatEvent]]) -> Deferred[None]:
-        return self.router.storeEventually(list(messages))
+        return self.router.storeEventually(list(messages), inFront=True)
 
     def loginAnswered(self, userId: int) -> None:
         self.router.drains.loginAnswered(userId)

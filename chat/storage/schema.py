@@ -22,6 +22,8 @@ _log = Logger()
 
 _DUPLICATE_COLUMN = 1060
 """MySQL: another node starting at the same moment added the column."""
+_DUPLICATE_INDEX = 1061
+"""MySQL: ... or the index."""
 
 
 def _schemaStatements(dialect: SQLDialect) -> list[str]:
@@ -83,8 +85,39 @@ def _offlineMessageIds(cursor: Any, dialect: SQLDialect) -> None:
               "({n} framed rows split)", n=len(framed))
 
 
+def _offlineSortKeys(cursor: Any, dialect: SQLDialect) -> None:
+    """
+    Offline messages ordered by (sort_key, id), so that messages put back
+    after a connection died go in front of the newer ones.
+    """
+    _addColumn(cursor, dialect, "offline_messages", "sort_key", {
+        "sqlite": "INTEGER NOT NULL DEFAULT 0",
+        "mysql": "BIGINT NOT NULL DEFAULT 0"})
+    _addIndex(cursor, dialect, "offline_messages", "offline_messages_in_order",
+              "user_id, sort_key, id")
+
+
+def _addIndex(cursor: Any, dialect: SQLDialect, table: str, name: str,
+              columns: str) -> None:
+    if dialect.name == "sqlite":
+        cursor.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} "
+                       f"({columns})")
+        return
+    cursor.execute(
+        "SELECT COUNT(*) FROM information_schema.statistics"
+        " WHERE table_schema = DATABASE() AND table_name = %s"
+        " AND index_name = %s", (table, name))
+    if not cursor.fetchone()[0]:
+        try:
+            cursor.execute(f"ALTER TABLE {table} ADD INDEX {name} ({columns})")
+        except dialect.databaseErrors as e:
+            if errorCode(e) != _DUPLICATE_INDEX:
+                raise
+
+
 MIGRATIONS: tuple[Callable[[Any, SQLDialect], None], ...] = (
     _offlineMessageIds,
+    _offlineSortKeys,
 )
 """Every migration, oldest first; each finds out itself whether it is due."""
 

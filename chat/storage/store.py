@@ -11,7 +11,7 @@ the server's.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -60,6 +60,7 @@ class _Statements:
     groupsOf: str
     membersOfGroupsOf: str
     storeOffline: str
+    frontKey: str
     pendingOffline: str
     deleteOffline: str
     insertSession: str
@@ -113,13 +114,17 @@ def _statements(db: Database) -> _Statements:
             " LEFT JOIN sessions s ON s.user_id = u.id"
             " WHERE mine.user_id = ? ORDER BY m.group_id, u.id"),
         storeOffline=q(
-            "INSERT INTO offline_messages (user_id, msg_id, payload)"
-            " VALUES (?, ?, ?)"),
+            "INSERT INTO offline_messages (user_id, msg_id, sort_key, payload)"
+            " VALUES (?, ?, ?, ?)"),
+        frontKey=q(
+            "SELECT COALESCE(MIN(sort_key), 0) - 1 FROM offline_messages"
+            " WHERE user_id = ?"),
         pendingOffline=q(
-            "SELECT id, msg_id, payload FROM offline_messages"
-            " WHERE user_id = ? ORDER BY id LIMIT ?" + d.forUpdate),
+            "SELECT id, msg_id, sort_key, payload FROM offline_messages"
+            " WHERE user_id = ? ORDER BY sort_key, id LIMIT ?" + d.forUpdate),
         deleteOffline=q(
-            "DELETE FROM offline_messages WHERE user_id = ? AND id <= ?"),
+            "DELETE FROM offline_messages WHERE user_id = ? AND"
+            " (sort_key < ? OR (sort_key = ? AND id <= ?))"),
         insertSession=q(
             f"{d.insertIgnore} INTO sessions (user_id, node_id, since)"
             f" VALUES (?, ?, {now})"),
@@ -146,10 +151,23 @@ def _firstUser(rows: list[tuple[Any, ...]]) -> Optional[UserRow]:
     return UserRow(*rows[0]) if rows else None
 
 
-def _offlineRow(userId: int, event: ChatEvent) -> tuple[Any, ...]:
-    messageId = event.messageId
-    return (userId, None if messageId is None else messageId.decode("ascii"),
-            event.toJSON().decode("utf-8"))
+class OfflineMessage(NamedTuple):
+    """
+    A message to store: for whom, what, and whether it goes in front of
+    the user's stored messages (it was taken for a connection that died
+    before writing it, so it is older than all of them).
+    """
+
+    userId: int
+    event: ChatEvent
+    inFront: bool = False
+
+
+def _offlineRow(message: OfflineMessage, sortKey: int) -> tuple[Any, ...]:
+    messageId = message.event.messageId
+    return (message.userId,
+            None if messageId is None else messageId.decode("ascii"),
+            sortKey, message.event.toJSON().decode("utf-8"))
 
 
 class Store:
@@ -269,16 +287,23 @@ class Store:
     # Offline messages ---------------------------------------------------
 
     def storeOffline(self,
-                     messages: Sequence[tuple[int, ChatEvent]]) -> Deferred[None]:
+                     messages: Sequence[OfflineMessage]) -> Deferred[None]:
         """
-        Keep C{(userId, event)} messages for their recipients' next login,
-        in one statement, with their message ids.
+        Keep messages for their recipients' next login, with their
+        message ids, in one transaction.  Those C{inFront} go before
+        everything stored for their user (in their own order).
         """
-        statement = self._sql.storeOffline
-        rows = [_offlineRow(userId, event) for userId, event in messages]
+        insert, frontKey = self._sql.storeOffline, self._sql.frontKey
+        front = {m.userId for m in messages if m.inFront}
 
         def interaction(cursor: Any) -> None:
-            cursor.executemany(statement, rows)
+            keys = {}
+            for userId in front:
+                cursor.execute(frontKey, (userId,))
+                keys[userId] = int(cursor.fetchone()[0])
+            cursor.executemany(insert, [
+                _offlineRow(m, keys[m.userId] if m.inFront else 0)
+                for m in messages])
 
         return self._db.run(interaction)
 
@@ -297,17 +322,18 @@ class Store:
             cursor.execute(select, (userId, TAKE_ROWS + 1))
             rows = cursor.fetchall()
             taken, size = 0, 0
-            for _, _, payload in rows[:TAKE_ROWS]:
-                size += len(payload)
+            for row in rows[:TAKE_ROWS]:
+                size += len(row[3])
                 if taken and maxBytes is not None and size > maxBytes:
                     break
                 taken += 1
             if taken:
-                cursor.execute(delete, (userId, rows[taken - 1][0]))
+                lastId, _, lastKey, _ = rows[taken - 1]
+                cursor.execute(delete, (userId, lastKey, lastKey, lastId))
             return OfflineBatch(tuple(ChatEvent.fromJSON(
                 payload.encode("utf-8"),
                 None if messageId is None else messageId.encode("ascii"))
-                for _, messageId, payload in rows[:taken]),
+                for _, messageId, _, payload in rows[:taken]),
                 more=taken < len(rows))
 
         return self._db.run(interaction)

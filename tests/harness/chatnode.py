@@ -81,11 +81,13 @@ class ChatNode(_Process):
         match = self._waitFor(listening, self.timeout, "'listening on HOST:PORT' line")
         self.host, self.port = match.group(1).decode(), int(match.group(2))
 
-    def client(self, timeout: float = 5.0, proxyHeader: bytes | None = None) -> "LineClient":
+    def client(self, timeout: float = 5.0, proxyHeader: bytes | None = None,
+               receiveBuffer: int | None = None) -> "LineClient":
         """A connected L{LineClient}, closed at cleanup. On a C{haproxy=True} node
         it sends a PROXY v2 header first (a default one unless given)."""
         if self.haproxy and proxyHeader is None:
             proxyHeader = proxyV2Header(("127.0.0.1", 40000), self.address)
-        client = LineClient(self.host, self.port, timeout, proxyHeader=proxyHeader)
+        client = LineClient(self.host, self.port, timeout, proxyHeader=proxyHeader,
+                            receiveBuffer=receiveBuffer)
         self.testCase.addCleanup(client.close)
         return client

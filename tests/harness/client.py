@@ -32,9 +32,19 @@ class LineClient:
     """
 
     def __init__(self, host: str, port: int, timeout: float = 5.0,
-                 proxyHeader: bytes | None = None) -> None:
+                 proxyHeader: bytes | None = None,
+                 receiveBuffer: int | None = None) -> None:
+        """
+        @param receiveBuffer: C{SO_RCVBUF}, set before connecting (a slow
+            reader's small window).
+        """
         self.timeout = timeout
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if receiveBuffer is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                 receiveBuffer)
+        self.sock.settimeout(timeout)
+        self.sock.connect((host, port))
         self._buffer = bytearray()
         self.closed = False
         """True once the server closed the connection (EOF or reset)."""
