@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS offline_messages (
     sort_key INTEGER NOT NULL DEFAULT 0,
     payload TEXT NOT NULL
 );
+-- Its index, offline_messages_in_order (user_id, sort_key, id), is made
+-- by chat/storage/schema.py: a database from before sort_key gets the
+-- column first.
 
 -- Servers of the cluster and their lease: last_seen is renewed about
 -- every second, in seconds since the epoch by the database's clock.

@@ -39,10 +39,10 @@ def rssOf(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def numbered(sender: int, seq: int) -> str:
+def numbered(sender: int, seq: int, size: int = TEXT_SIZE) -> str:
     """A chat text that says who sent it and which it is, padded."""
     head = f"s{sender}:{seq}:"
-    return head + "x" * (TEXT_SIZE - len(head))
+    return head + "x" * (size - len(head))
 
 
 def parseNumbered(text: str) -> tuple[int, int]:
@@ -79,9 +79,11 @@ class Watch(threading.Thread):
         self.join(20)
 
 
-def flood(clients: list[LineClient], toId: int) -> list[str]:
+def flood(clients: list[LineClient], toIds: list[int],
+          perSender: int = PER_SENDER, size: int = TEXT_SIZE,
+          ) -> list[str]:
     """
-    Every client sends its PER_SENDER numbered messages to C{toId}, all
+    Client i sends C{perSender} numbered messages to C{toIds[i]}, all
     clients at once, each keeping WINDOW requests in flight; returns the
     ACK deliveries ("online"/"offline") of all of them.
     """
@@ -90,11 +92,12 @@ def flood(clients: list[LineClient], toId: int) -> list[str]:
 
     def send(index: int, client: LineClient) -> None:
         try:
-            for start in range(0, PER_SENDER, WINDOW):
-                batch = range(start, min(start + WINDOW, PER_SENDER))
+            for start in range(0, perSender, WINDOW):
+                batch = range(start, min(start + WINDOW, perSender))
                 client.send(b"".join(json.dumps(
-                    {"msgid": 6, "toid": toId, "msg": numbered(index, i)}
-                ).encode() + b"\n" for i in batch))
+                    {"msgid": 6, "toid": toIds[index],
+                     "msg": numbered(index, i, size)}).encode() + b"\n"
+                    for i in batch))
                 for _ in batch:
                     ack = client.readJSON(60)
                     assert (ack["msgid"], ack["errno"]) == (11, 0), ack
@@ -160,7 +163,7 @@ class SlowReaderTests(unittest.SynchronousTestCase):
         """The flood, with the node's memory and a bystander watched."""
         self.watch.start()
         try:
-            deliveries = flood(self.senders, self.recipientId)
+            deliveries = flood(self.senders, [self.recipientId] * SENDERS)
         finally:
             self.watch.stop()
         self.assertEqual(len(deliveries), SENDERS * PER_SENDER)

@@ -42,6 +42,9 @@ class SQLDialect:
         the epoch, so that every server compares leases by one clock.
     @ivar begin: the statement that opens an explicit transaction, or
         L{None} where the driver opens one implicitly.
+    @ivar useIndex: how to name the index a query must use (C{{}} for its
+        name): InnoDB, seeing few rows, may scan the whole table for a
+        user's messages, and so lock, in a drain, the rows of others.
     """
 
     name: str
@@ -50,6 +53,7 @@ class SQLDialect:
     insertIgnore: str
     begin: Optional[str]
     forUpdate: str
+    useIndex: str
     integrityErrors: tuple[type[Exception], ...]
     databaseErrors: tuple[type[Exception], ...]
     placeholder: str = "?"
@@ -68,6 +72,7 @@ SQLITE = SQLDialect(
     insertIgnore="INSERT OR IGNORE",
     begin=None,
     forUpdate="",
+    useIndex=" INDEXED BY {}",
     integrityErrors=(sqlite3.IntegrityError,),
     databaseErrors=(sqlite3.Error,),
 )
@@ -93,6 +98,7 @@ def _mysqlDialect() -> SQLDialect:
         insertIgnore="INSERT IGNORE",
         begin="START TRANSACTION",
         forUpdate=" FOR UPDATE",
+        useIndex=" FORCE INDEX ({})",
         integrityErrors=(pymysql.err.IntegrityError,),
         databaseErrors=(pymysql.err.Error,),
         placeholder="%s",
@@ -157,6 +163,11 @@ def _mysqlPool(url: str) -> adbapi.ConnectionPool:
         user=unquote(parts.username or "root"),
         password=unquote(parts.password or ""), database=database,
         charset="utf8mb4", autocommit=True, client_flag=CLIENT.FOUND_ROWS,
+        # READ COMMITTED: a drain's locking read locks the rows it takes,
+        # not the gaps around them, so that the stores other nodes make
+        # for the same user meanwhile do not deadlock with it (under
+        # REPEATABLE READ they did, many times a second in a flood).
+        init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
         connect_timeout=5, read_timeout=15, write_timeout=15,
         cp_reconnect=True, cp_min=2, cp_max=8, cp_noisy=False)
 
@@ -223,7 +234,8 @@ class Database:
         """
         if failure.check(*self.dialect.databaseErrors) and \
                 errorCode(failure.value) == _DEADLOCK:
-            _log.info("retrying a transaction after: {error}",
+            _log.info("retrying {work} after: {error}",
+                      work=getattr(interaction, "__qualname__", interaction),
                       error=failure.value)
             return self.pool.runInteraction(
                 self._transaction, interaction, *args)

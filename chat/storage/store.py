@@ -121,10 +121,9 @@ def _statements(db: Database) -> _Statements:
             " WHERE user_id = ?"),
         pendingOffline=q(
             "SELECT id, msg_id, sort_key, payload FROM offline_messages"
+            + d.useIndex.format("offline_messages_in_order") +
             " WHERE user_id = ? ORDER BY sort_key, id LIMIT ?" + d.forUpdate),
-        deleteOffline=q(
-            "DELETE FROM offline_messages WHERE user_id = ? AND"
-            " (sort_key < ? OR (sort_key = ? AND id <= ?))"),
+        deleteOffline=q("DELETE FROM offline_messages WHERE id = ?"),
         insertSession=q(
             f"{d.insertIgnore} INTO sessions (user_id, node_id, since)"
             f" VALUES (?, ?, {now})"),
@@ -328,8 +327,10 @@ class Store:
                     break
                 taken += 1
             if taken:
-                lastId, _, lastKey, _ = rows[taken - 1]
-                cursor.execute(delete, (userId, lastKey, lastKey, lastId))
+                # Row by row, by primary key: a range over (sort_key, id),
+                # or a long IN list, made InnoDB scan, and lock, other
+                # users' rows too, and drains of two users deadlocked.
+                cursor.executemany(delete, [(row[0],) for row in rows[:taken]])
             return OfflineBatch(tuple(ChatEvent.fromJSON(
                 payload.encode("utf-8"),
                 None if messageId is None else messageId.encode("ascii"))
