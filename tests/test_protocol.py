@@ -101,13 +101,24 @@ class FakeService:
         return succeed(None)
 
 
-def connect(service: Any, maxLength: int = MAX) -> tuple[
-        ChatProtocol, StringTransport]:
-    """A protocol from the real factory, connected to a StringTransport."""
-    factory = ChatFactory(service, ConnectionLimits(maxLine=maxLength), Clock())
+def connectWithClock(service: Any, maxLength: int = MAX) -> tuple[
+        ChatProtocol, StringTransport, Clock]:
+    """
+    A protocol from the real factory, connected to a StringTransport, and
+    the Clock it runs on (a classic connection paces its writes by it).
+    """
+    clock = Clock()
+    factory = ChatFactory(service, ConnectionLimits(maxLine=maxLength), clock)
     protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4321))
     transport = StringTransport()
     protocol.makeConnection(transport)
+    return protocol, transport, clock
+
+
+def connect(service: Any, maxLength: int = MAX) -> tuple[
+        ChatProtocol, StringTransport]:
+    """L{connectWithClock}, for connections that do not pace."""
+    protocol, transport, _ = connectWithClock(service, maxLength)
     return protocol, transport
 
 
@@ -247,13 +258,20 @@ class ClassicModeTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.service = FakeService()
-        self.protocol, self.transport = connect(self.service)
+        self.protocol, self.transport, self.clock = connectWithClock(
+            self.service)
+
+    def paced(self) -> None:
+        """Let the pacing of a classic connection write what waits."""
+        for _ in range(20):
+            self.clock.advance(0.002)
 
     def login(self, end: bytes) -> None:
         self.protocol.dataReceived(
             b'{"msgid":1,"id":1,"password":"pw"}' + end)
         self.assertEqual(jsonLines(self.transport)[0]["msgid"], 2)
         self.transport.clear()
+        self.paced()
 
     def test_successSilent(self) -> None:
         """A chat that succeeded gets no reply at all."""

@@ -25,7 +25,7 @@ never reads from the connection.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from twisted.internet.interfaces import (
     IDelayedCall, IPushProducer, IReactorTime, ITransport,
@@ -34,6 +34,7 @@ from zope.interface import implementer
 
 from chat.core.messages import ChatEvent
 from chat.server.acked import AckTracker
+from chat.server.pacing import Pacer
 
 DEFAULT_MAX_OUTPUT = 1 << 20
 Owned = tuple[int, ChatEvent]
@@ -76,6 +77,7 @@ class OutputQueue:
         self._stallTimer: Optional[IDelayedCall] = None
         self._acks: Optional[AckTracker[Owned]] = AckTracker.forTransport(
             transport)
+        self._pacer: Optional[Pacer] = None
         transport.registerProducer(self, True)  # type: ignore[attr-defined] # TCP transports provide it
 
     # IPushProducer: Twisted's flow control of the write direction -------
@@ -96,6 +98,8 @@ class OutputQueue:
         self._paused = True
         self._stopped = True
         self._cancelStallTimer()
+        if self._pacer is not None:
+            self._pacer.stop()
         if self._acks is not None:
             self._acks.settle()
 
@@ -109,8 +113,7 @@ class OutputQueue:
         if self._open():
             self._send(data, None)
         else:
-            self._items.append((data, None))
-            self.queuedBytes += len(data)
+            self._queue(data, None)
 
     def offer(self, data: bytes, event: ChatEvent, userId: int,
               force: bool = False) -> bool:
@@ -128,9 +131,14 @@ class OutputQueue:
         if not force and self.queuedBytes + len(data) > self._limit:
             self.backlog()
             return False
-        self._items.append((data, (userId, event)))
-        self.queuedBytes += len(data)
+        self._queue(data, (userId, event))
         return True
+
+    def _queue(self, data: bytes, owned: Optional[Owned]) -> None:
+        self._items.append((data, owned))
+        self.queuedBytes += len(data)
+        if self._pacer is not None and not (self._paused or self._holding):
+            self._pacer.wait()  # it was only the pacing that held it
 
     def room(self) -> int:
         """How many bytes of events would be taken now."""
@@ -154,19 +162,37 @@ class OutputQueue:
         if self._acks is not None:
             self._acks.written(len(data), owned)
         self._transport.write(data)
+        if self._pacer is not None:
+            self._pacer.sent()
 
     def _open(self) -> bool:
         """Whether bytes may go straight to the transport."""
-        return not (self._paused or self._holding or self._items)
+        return not (self._paused or self._holding or self._items) and (
+            self._pacer is None or self._pacer.ready())
+
+    def pace(self) -> None:
+        """
+        From now on, one object per write, each once the previous one was
+        acknowledged (a classic client's connection: L{chat.server.pacing}).
+        """
+        if self._pacer is None:
+            self._pacer = Pacer(self._clock, self._acks, self._flush)
 
     def hold(self) -> None:
         """Keep events here until L{release}: a login reply is pending,
         and no event may overtake it or the offline messages it brings."""
         self._holding = True
 
-    def release(self, first: Optional[bytes] = None) -> None:
-        """Write C{first} (the login reply), then what was held."""
+    def release(self, first: Optional[bytes] = None,
+                then: Sequence[tuple[bytes, Owned]] = ()) -> None:
+        """
+        Write C{first} (the login reply) and the events C{then} (offline
+        messages that did not fit in it), then what was held.
+        """
         self._holding = False
+        for data, owned in reversed(then):
+            self._items.appendleft((data, owned))
+            self.queuedBytes += len(data)
         if first is not None:
             self._items.appendleft((first, None))
             self.queuedBytes += len(first)
@@ -174,7 +200,11 @@ class OutputQueue:
 
     def _flush(self) -> None:
         items = self._items
+        pacer = self._pacer
         while items and not (self._paused or self._holding):
+            if pacer is not None and not pacer.ready():
+                pacer.wait()
+                break
             data, owned = items.popleft()
             self.queuedBytes -= len(data)
             # May pause this producer at once, when the transport's buffer

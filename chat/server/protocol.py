@@ -211,13 +211,27 @@ class ChatProtocol(Protocol):
                 if not message.strip(_BLANK):
                     continue
                 if self._dialect is None:
-                    self._dialect = chooseDialect(message, endedInNUL)
+                    self._speak(chooseDialect(message, endedInNUL))
                 self._queue.append(message)
         except MessageTooLong as tooLong:
             if self._dialect is None:
-                self._dialect = chooseDialect(tooLong.head, False)
+                self._speak(chooseDialect(tooLong.head, False))
             self._queue.append(tooLong)
         self._runQueue()
+
+    def _speak(self, dialect: IDialect) -> None:
+        """
+        The first message fixed the dialect.  A classic client's connection
+        gets one object per segment (PROTOCOL.md section 7): no Nagle
+        delay, and paced writes.
+        """
+        self._dialect = dialect
+        if dialect is CLASSIC:
+            self._out().pace()
+            try:
+                self._transport().setTcpNoDelay(True)  # type: ignore[attr-defined] # TCP transports provide it
+            except (AttributeError, OSError):
+                pass  # not TCP (tests)
 
     def _runQueue(self) -> None:
         """
@@ -306,12 +320,26 @@ class ChatProtocol(Protocol):
             if isinstance(reply, LoggedIn):
                 self._loginAbandoned(reply)
             return
-        self._answer(self._spoken().encodeReply(request, reply))
         if isinstance(reply, LoggedIn):
-            self._log.info("{peer}: {userName} (id {userId}) logged in",
-                           peer=self.peer, userName=reply.name,
-                           userId=reply.userId)
-            self._service.loginAnswered(reply.userId)
+            self._answerLogin(request, reply)
+            return
+        self._answer(self._spoken().encodeReply(request, reply))
+
+    def _answerLogin(self, request: Request, reply: LoggedIn) -> None:
+        """
+        The login reply, then the offline messages that did not fit in it
+        (a classic ack holds at most 1024 bytes), then the events held
+        while it was pending.
+        """
+        dialect = self._spoken()
+        fitted, rest = dialect.fitLogin(reply)
+        self._loggingIn = False
+        self._out().release(dialect.encodeReply(request, fitted), [
+            (dialect.encodeEvent(e), (reply.userId, e)) for e in rest])
+        self._log.info("{peer}: {userName} (id {userId}) logged in",
+                       peer=self.peer, userName=reply.name,
+                       userId=reply.userId)
+        self._service.loginAnswered(reply.userId)
 
     def _failed(self, failure: Failure, request: Request) -> None:
         if failure.check(ChatError):

@@ -14,7 +14,7 @@ import attrs
 from zope.interface import Interface
 
 from chat.core.errors import ChatError
-from chat.core.messages import ChatEvent, Reply, Request
+from chat.core.messages import ChatEvent, LoggedIn, Reply, Request
 
 
 @attrs.frozen
@@ -44,6 +44,13 @@ class IDialect(Interface):
         """
         Turn one client message into a request, or a L{Rejected} saying why
         not.  Never raises.
+        """
+
+    def fitLogin(reply: LoggedIn) -> tuple[LoggedIn, tuple[ChatEvent, ...]]:
+        """
+        The login reply as this dialect sends it, and the offline messages
+        that do not fit in it (to be pushed right after it, as ordinary
+        events, before any live one).
         """
 
     def encodeReply(request: Request, reply: Reply) -> Optional[bytes]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Optional
 
+import attrs
 import orjson
 from zope.interface import implementer
 
@@ -48,6 +49,10 @@ FRIEND_LIST_ACK = 15
 GROUP_LIST = 16
 GROUP_LIST_ACK = 17
 NOTICE = 18
+
+CLASSIC_READ = 1024
+"""The classic client's receive buffer: one recv() of at most this many
+bytes is parsed as one object."""
 
 WRONG_CREDENTIALS = "id or password is invalid!"
 ACCOUNT_IN_USE = "this account is using, input another!"
@@ -178,6 +183,18 @@ def _groupObject(group: Group, nested: bool) -> dict[str, Any]:
     }
 
 
+def _loginAck(reply: LoggedIn) -> bytes:
+    return _dumps({
+        "msgid": LOGIN_MSG_ACK, "errno": 0, "id": reply.userId,
+        "name": reply.name,
+        "friends": [orjson.dumps(_friendObject(f)).decode()
+                    for f in reply.friends],
+        "groups": [orjson.dumps(_groupObject(g, True)).decode()
+                   for g in reply.groups],
+        "offlinemsg": [e.toJSON().decode() for e in reply.offline],
+    })
+
+
 def _ack(request: Request, **fields: Any) -> bytes:
     return _dumps({"msgid": ACK, "req": _MSGIDS[type(request)], "errno": 0,
                    **fields})
@@ -226,17 +243,32 @@ class JSONDialect:
         except ValueError:  # more digits than int() takes (4300)
             return Rejected(BadRequest("a number with too many digits"), msgid)
 
+    def fitLogin(self, reply: LoggedIn) -> tuple[LoggedIn, tuple[ChatEvent, ...]]:
+        """
+        On a classic connection the ack is at most L{CLASSIC_READ} bytes
+        (the classic client reads it into a buffer of that size): as many
+        offline messages as fit, oldest first (PROTOCOL.md section 7).
+        Friends and groups are never cut: past the limit with them alone,
+        the ack goes whole, with no offline message.
+        """
+        if not self.classic or not reply.offline:
+            return reply, ()
+        size = len(_loginAck(attrs.evolve(reply, offline=())))
+        fits = 0
+        for event in reply.offline:
+            # An element: the event JSON as a JSON string, and its comma.
+            size += len(orjson.dumps(event.toJSON().decode())) + 1
+            if size > CLASSIC_READ:
+                break
+            fits += 1
+        if fits == len(reply.offline):
+            return reply, ()
+        return (attrs.evolve(reply, offline=reply.offline[:fits]),
+                reply.offline[fits:])
+
     def encodeReply(self, request: Request, reply: Reply) -> Optional[bytes]:
         if isinstance(reply, LoggedIn):
-            return _dumps({
-                "msgid": LOGIN_MSG_ACK, "errno": 0, "id": reply.userId,
-                "name": reply.name,
-                "friends": [orjson.dumps(_friendObject(f)).decode()
-                            for f in reply.friends],
-                "groups": [orjson.dumps(_groupObject(g, True)).decode()
-                           for g in reply.groups],
-                "offlinemsg": [e.toJSON().decode() for e in reply.offline],
-            })
+            return _loginAck(reply)
         if isinstance(reply, Registered):
             return _dumps({"msgid": REG_MSG_ACK, "errno": 0,
                            "id": reply.userId})

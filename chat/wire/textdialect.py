@@ -232,6 +232,9 @@ class TextDialect:
         except BadRequest as e:
             return Rejected(e)
 
+    def fitLogin(self, reply: LoggedIn) -> tuple[LoggedIn, tuple[ChatEvent, ...]]:
+        return reply, ()
+
     def encodeReply(self, request: Request, reply: Reply) -> Optional[bytes]:
         return _REPLIES[type(reply)](reply)
 
