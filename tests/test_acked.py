@@ -11,7 +11,7 @@ import time
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from chat.server.acked import AckTracker, bytesAcked
+from chat.server.acked import AckTracker, bytesAcked, plainSocket
 
 
 class AckTrackerTests(SynchronousTestCase):
@@ -67,4 +67,5 @@ class AckTrackerTests(SynchronousTestCase):
 
     def test_notForOtherTransports(self) -> None:
         """No socket (or TLS): nothing is tracked."""
-        self.assertIsNone(AckTracker.forTransport(StringTransport()))
+        self.assertIsNone(plainSocket(StringTransport()))
+        self.assertIsNone(AckTracker.forSocket(None))

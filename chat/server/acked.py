@@ -38,6 +38,20 @@ SETTLE_EVERY = 64
 short for a client that reads as fast as it is written to."""
 
 
+def plainSocket(transport: ITransport) -> Optional[socket.socket]:
+    """
+    The TCP socket under C{transport}, if what is written to the transport
+    goes to the socket unchanged (not over TLS).
+    """
+    if ISSLTransport.providedBy(transport):
+        return None
+    try:
+        sock = transport.getHandle()  # type: ignore[attr-defined] # TCP transports provide it
+    except AttributeError:
+        return None
+    return sock if isinstance(sock, socket.socket) else None
+
+
 def bytesAcked(sock: socket.socket) -> Optional[int]:
     """The peer's count of acknowledged bytes, or L{None} if unknown."""
     if _TCP_INFO is None:
@@ -65,18 +79,11 @@ class AckTracker(Generic[_T]):
         self._pending: deque[tuple[int, _T]] = deque()
 
     @classmethod
-    def forTransport(cls, transport: ITransport) -> Optional["AckTracker[_T]"]:
-        """A tracker for C{transport}, if its counts can be trusted."""
-        if ISSLTransport.providedBy(transport):
-            return None
-        try:
-            sock = transport.getHandle()  # type: ignore[attr-defined] # TCP transports provide it
-        except AttributeError:
-            return None
-        if not isinstance(sock, socket.socket):
-            return None
-        start = bytesAcked(sock)
-        return None if start is None else cls(sock, start)
+    def forSocket(cls, sock: Optional[socket.socket]
+                  ) -> Optional["AckTracker[_T]"]:
+        """A tracker for C{sock}, if it has one and its counts are known."""
+        start = None if sock is None else bytesAcked(sock)
+        return None if sock is None or start is None else cls(sock, start)
 
     def written(self, size: int, thing: Optional[_T]) -> None:
         """C{size} bytes were written, carrying C{thing} if not None."""
