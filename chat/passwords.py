@@ -9,13 +9,14 @@ module owns the hash and its cost; it never sees an account.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
+_T = TypeVar("_T")
 DEFAULT_TIME_COST = 3
 DEFAULT_MEMORY_KIB = 65536
 
@@ -31,10 +32,22 @@ class Passwords:
         self._hasher = PasswordHasher(
             time_cost=timeCost, memory_cost=memoryKiB, parallelism=1)
         self._unknown = self._hasher.hash("no account has this password")
+        self.waiting = 0
+        """Hashes and checks waiting for, or running on, a thread."""
+
+    def _offThread(self, work: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        self.waiting += 1
+
+        def done(result: Any) -> Any:
+            self.waiting -= 1
+            return result
+
+        d: Deferred[_T] = deferToThread(work, *args)
+        return d.addBoth(done)
 
     def hash(self, password: str) -> Deferred[str]:
         """Fires with the encoded hash (salt and parameters included)."""
-        return deferToThread(self._hasher.hash, password)
+        return self._offThread(self._hasher.hash, password)
 
     def verify(self, encoded: Optional[str], password: str) -> Deferred[bool]:
         """
@@ -43,9 +56,9 @@ class Passwords:
         fires with C{False}, taking as long as a real check.
         """
         if encoded is None:
-            return deferToThread(self._check, self._unknown, password
-                                 ).addCallback(lambda _: False)
-        return deferToThread(self._check, encoded, password)
+            return self._offThread(self._check, self._unknown, password
+                                   ).addCallback(lambda _: False)
+        return self._offThread(self._check, encoded, password)
 
     def _check(self, encoded: str, password: str) -> bool:
         try:

@@ -29,10 +29,14 @@ from chat.cluster.bus import IMessageBus
 from chat.cluster.localbus import LocalBus
 from chat.cluster.presence import DEFAULT_LEASE_SECONDS, Lease, Presence
 from chat.logs import logFailure
+from chat.ops.counters import Counters, NoCounters
+from chat.ops.drain import DEFAULT_DRAIN_GRACE, DEFAULT_DRAIN_RATE, Drain
+from chat.ops.orders import OrderPoller
 from chat.passwords import DEFAULT_MEMORY_KIB, DEFAULT_TIME_COST, Passwords
 from chat.server.output import DEFAULT_MAX_OUTPUT, DEFAULT_STALL_TIMEOUT
 from chat.server.protocol import ChatFactory, ConnectionLimits
 from chat.server.service import ChatService
+from chat.server.session import IChatService
 from chat.storage.pool import BadDatabaseURL, openDatabase
 from chat.storage.store import Store
 
@@ -56,6 +60,22 @@ def _positive(option: str, kind: type = int) -> Any:
 
     coerce.coerceDoc = (  # type: ignore[attr-defined] # usage.Options reads it
         "A positive integer." if kind is int else "A positive number.")
+    return coerce
+
+
+def _nonNegative(option: str) -> Any:
+    """The coercion of option C{--option}: a number, 0 or more."""
+    def coerce(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not number >= 0:
+            raise ValueError(f"--{option} must be a number, 0 or more, "
+                             f"not {value!r}")
+        return number
+
+    coerce.coerceDoc = "A number, 0 or more."  # type: ignore[attr-defined] # usage.Options reads it
     return coerce
 
 
@@ -92,6 +112,17 @@ class Options(usage.Options):
         ["lease", None, DEFAULT_LEASE_SECONDS,
          "Seconds after which a silent node's sessions may be taken over.",
          _positive("lease", float)],
+        # Operating the node (chat.ops): keep these last.
+        ["metrics", None, None,
+         "Twisted server endpoint for /metrics, /health and /ready "
+         "(e.g. tcp:9100:interface=127.0.0.1); off by default."],
+        ["drain-rate", None, DEFAULT_DRAIN_RATE,
+         "Sessions closed per second while draining (SIGUSR1, "
+         "chatctl drain).", _positive("drain-rate", float)],
+        ["drain-grace", None, DEFAULT_DRAIN_GRACE,
+         "Seconds a drain waits, not ready, before it closes the first "
+         "session (for the load balancer's checks to notice).",
+         _nonNegative("drain-grace")],
     ]
 
     def parseOptions(self, options: Any = None) -> None:
@@ -111,6 +142,12 @@ class Options(usage.Options):
             serverFromString(_reactor, self["port"])
         except (ValueError, TypeError, KeyError) as e:
             raise usage.UsageError(f"bad --port {self['port']!r}: {e}")
+        if self["metrics"] is not None:
+            try:
+                serverFromString(_reactor, self["metrics"])
+            except (ValueError, TypeError, KeyError) as e:
+                raise usage.UsageError(
+                    f"bad --metrics {self['metrics']!r}: {e}")
         redis = self["redis"]
         if redis is not None:
             parts = urlsplit(redis)
@@ -222,7 +259,11 @@ def makeService(options: Options) -> IService:
         database = openDatabase(options["db"])
     except BadDatabaseURL as e:
         raise SystemExit(f"chat: bad --db: {e}")
-    store = Store(database)
+    metered = options["metrics"] is not None
+    counters = Counters() if metered else NoCounters()
+    if metered:
+        database.observe = counters.database
+    store = Store(database, counters)
     try:
         store.prepare(options["node-id"])
     except Exception as e:
@@ -232,15 +273,31 @@ def makeService(options: Options) -> IService:
     passwords = Passwords(options["password-time"],
                           options["password-memory"])
     lease = Lease(options["lease"])
-    chat = ChatService(store, bus, passwords, options["node-id"], lease)
+    chat = ChatService(store, bus, passwords, options["node-id"], lease,
+                       counters=counters)
     limits = ConnectionLimits(options["max-line"], options["max-output"],
                               options["stall-timeout"])
     presence = Presence(store, options["node-id"], lease, chat.sessions,
                         _reactor)
-    listener = ChatListener(options["port"],
-                            ChatFactory(chat, limits, _reactor))
+    drain = Drain(chat.sessions, _reactor, options["drain-rate"],
+                  options["drain-grace"])
+    orders = OrderPoller(store, options["node-id"], chat.sessions, drain,
+                         _reactor)
+    served: IChatService = chat
+    if metered:
+        from chat.ops.metered import MeteredService
+
+        served = MeteredService(chat, counters)
+    factory = ChatFactory(served, limits, _reactor)
+    listener = ChatListener(options["port"], factory)
     top = MultiService()
-    for part in (bus, presence, listener):
+    parts: list[object] = [bus, presence, drain, orders, listener]
+    if metered:
+        from chat.ops.service import opsService  # prometheus_client when used
+
+        parts.append(opsService(options["metrics"], counters, factory,
+                                passwords, lease, store, bus, drain))
+    for part in parts:
         if IService.providedBy(part):
             IService(part).setServiceParent(top)
     return top

@@ -44,7 +44,15 @@ CREATE TABLE IF NOT EXISTS offline_messages (
 
 CREATE TABLE IF NOT EXISTS nodes (
     node_id VARCHAR(191) NOT NULL PRIMARY KEY,
-    last_seen DOUBLE NOT NULL
+    last_seen DOUBLE NOT NULL,
+    draining TINYINT NOT NULL DEFAULT 0
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS kicks (
+    user_id BIGINT NOT NULL,
+    node_id VARCHAR(191) NOT NULL,
+    PRIMARY KEY (user_id, node_id),
+    KEY kicks_by_node (node_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 CREATE TABLE IF NOT EXISTS sessions (

@@ -54,9 +54,20 @@ CREATE TABLE IF NOT EXISTS offline_messages (
 
 -- Servers of the cluster and their lease: last_seen is renewed about
 -- every second, in seconds since the epoch by the database's clock.
+-- draining is set by `chatctl drain` and read by the node (an older
+-- database gets the column from chat/storage/schema.py).
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
-    last_seen REAL NOT NULL
+    last_seen REAL NOT NULL,
+    draining INTEGER NOT NULL DEFAULT 0
+);
+
+-- Sessions an operator ended (`chatctl kick`): the node that holds the
+-- session closes it and deletes the row, within about a second.
+CREATE TABLE IF NOT EXISTS kicks (
+    user_id INTEGER NOT NULL,
+    node_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, node_id)
 );
 
 -- The live session of each logged-in user and the server that holds it.

@@ -97,6 +97,9 @@ class Lease:
         self._clock = clock
         self._confirmed = True
         self._holdsUntil = clock.seconds() + seconds * HOLD_FRACTION
+        self.renewedAt = clock.seconds()
+        """When the last accepted renewal was sent, by this node's clock
+        (at first: the node's registration)."""
         self._observers: list[Callable[[], None]] = []
 
     def takeoverAfter(self) -> float:
@@ -116,9 +119,14 @@ class Lease:
         until now (else the sessions must be checked, then L{confirm}).
         """
         held = self.holds()
+        self.renewedAt = max(self.renewedAt, sentAt)
         self._holdsUntil = max(self._holdsUntil,
                                sentAt + self.seconds * HOLD_FRACTION)
         return held
+
+    def age(self) -> float:
+        """Seconds since the last accepted renewal was sent."""
+        return self._clock.seconds() - self.renewedAt
 
     def confirm(self) -> None:
         """Every session still here is this node's: act again."""

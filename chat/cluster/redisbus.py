@@ -241,6 +241,11 @@ class RedisBus(Service):
             if len(self._unacked) else succeed(None)
         return wait.addCallback(store)
 
+    def connected(self) -> bool:
+        """Whether both links to Redis are up (the node's readiness)."""
+        return self._publisher.connection is not None and \
+            self._subscriber is not None
+
     # Links --------------------------------------------------------------
 
     def _links(self) -> list[_Link]:

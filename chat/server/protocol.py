@@ -126,6 +126,15 @@ class ChatProtocol(Protocol):
         return f"{getattr(address, 'host', address)}:" \
             f"{getattr(address, 'port', '')}"
 
+    @property
+    def dialect(self) -> Optional[IDialect]:
+        """The connection's dialect, once its first message arrived."""
+        return self._dialect
+
+    def outputBytes(self) -> int:
+        """Bytes waiting here to be written to the client."""
+        return self._output.queuedBytes if self._output is not None else 0
+
     # Connection life --------------------------------------------------
 
     def connectionMade(self) -> None:

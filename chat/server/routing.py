@@ -35,6 +35,7 @@ from chat.cluster.presence import Lease
 from chat.core.errors import Unavailable
 from chat.core.messages import ChatEvent
 from chat.logs import logFailure
+from chat.ops.counters import Counters, NoCounters
 from chat.server.drains import Drains
 from chat.server.offline import Message, OfflineWriter
 from chat.server.session import ISession
@@ -66,6 +67,13 @@ def _taken(outcome: PublishOutcome) -> bool:
     return isinstance(outcome, int) and outcome > 0
 
 
+def _outcomeName(outcome: PublishOutcome) -> str:
+    """The C{chat_publish_total} label of a publish's outcome."""
+    if isinstance(outcome, int):
+        return "taken" if outcome > 0 else "nobody"
+    return "failed"
+
+
 @implementer(IBusReceiver)
 class Router:
     """
@@ -76,8 +84,10 @@ class Router:
 
     def __init__(self, store: Store, bus: IMessageBus,
                  sessions: SessionRegistry, lease: Lease,
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime,
+                 counters: Counters = NoCounters()) -> None:
         self._bus = bus
+        self._counters = counters
         self._sessions = sessions
         self._lease = lease
         self._clock = clock
@@ -118,7 +128,9 @@ class Router:
         for userId, online in recipients:
             session = self._sessions.get(userId)
             if session is not None:
-                if not self._push(userId, session, event):
+                if self._push(userId, session, event):
+                    self._counters.routed("local")
+                else:
                     offline.append(userId)
             elif online is False:
                 offline.append(userId)
@@ -138,6 +150,10 @@ class Router:
         # or we cannot tell: store, never drop.
         stored = offline + [userId for userId, outcome in zip(remote, outcomes)
                             if not _taken(outcome)]
+        counters = self._counters
+        for outcome in outcomes:
+            counters.published(_outcomeName(outcome))
+        counters.routed("remote", len(remote) + len(offline) - len(stored))
         if stored:
             return self._storeCopies(stored, event)
         return 0
@@ -153,6 +169,7 @@ class Router:
 
     def _storeCopies(self, userIds: list[int],
                      event: ChatEvent) -> Deferred[int]:
+        self._counters.routed("stored", len(userIds))
         return self._storeNamed([(u, event) for u in userIds]).addCallback(
             lambda _: len(userIds))
 
@@ -261,6 +278,7 @@ class Router:
 
     def deliveryUncertain(self,
                           messages: Sequence[Message]) -> Deferred[None]:
+        self._counters.published("uncertain", len(messages))
         return self.storeEventually(list(messages))
 
     def busInterrupted(self) -> None:

@@ -26,6 +26,7 @@ from chat.core.messages import (
     FriendList, GroupChat, GroupList, Login, Logout, Ping, Pong, Register,
     Reply, Request,
 )
+from chat.ops.counters import Counters, NoCounters
 from chat.passwords import Passwords
 from chat.server.accounts import Accounts
 from chat.server.messaging import Messaging, serverTime
@@ -57,7 +58,8 @@ class ChatService:
     def __init__(self, store: Store, bus: IMessageBus, passwords: Passwords,
                  nodeId: str, lease: Optional[Lease] = None,
                  clock: Callable[[], str] = serverTime,
-                 scheduler: Optional[IReactorTime] = None) -> None:
+                 scheduler: Optional[IReactorTime] = None,
+                 counters: Counters = NoCounters()) -> None:
         if scheduler is None:
             from twisted.internet import reactor as scheduler
         assert scheduler is not None
@@ -65,7 +67,7 @@ class ChatService:
         self._lease = lease or Lease(clock=scheduler)
         self.sessions = SessionRegistry(store, bus, self._lease, nodeId)
         self.router = Router(store, bus, self.sessions, self._lease,
-                             scheduler)
+                             scheduler, counters)
         directory = Directory(store)
         accounts = Accounts(store, passwords, self.sessions, self.router,
                             directory)

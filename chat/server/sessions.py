@@ -135,6 +135,17 @@ class SessionRegistry:
                                "server", userId=userId)
                 self._closeSession(self._sessions[userId], TAKEN_OVER)
 
+    def close(self, userId: int, reason: str) -> None:
+        """
+        End C{userId}'s session here (a drain, an operator's kick),
+        telling its client C{reason}, and release its row at once so that
+        the user may log in on another node right away.
+        """
+        session = self._sessions.get(userId)
+        if session is not None:
+            session.disconnect(reason)
+            self.forget(session)
+
     def closeAll(self, reason: str) -> None:
         """
         This node is stopping: forget every session, telling each client

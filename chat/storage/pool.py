@@ -132,6 +132,10 @@ def _connectionDied(failure: Failure) -> bool:
                                         code in _RECONNECT_CODES))
 
 
+def _ignore(seconds: float) -> None:
+    pass
+
+
 class BadDatabaseURL(ValueError):
     """The --db value cannot be understood."""
 
@@ -200,6 +204,9 @@ class Database:
                  dialect: SQLDialect) -> None:
         self.pool = pool
         self.dialect = dialect
+        self.observe: Callable[[float], None] = _ignore
+        """Told how many seconds each unit of work took (the node's
+        metrics), retries and the wait for a pool thread included."""
 
     def run(self, interaction: Interaction[_T], *args: Any) -> Deferred[_T]:
         """
@@ -220,6 +227,15 @@ class Database:
         for _ in range(_LOCK_RETRIES):
             d.addErrback(self._retryDeadlock, interaction, args)
         d.addErrback(self._unavailable)
+        if self.observe is not _ignore:
+            started = time.perf_counter()
+            observe = self.observe
+
+            def timed(result: Any) -> Any:
+                observe(time.perf_counter() - started)
+                return result
+
+            d.addBoth(timed)
         return d
 
     def _retryDeadlock(self, failure: Failure, interaction: Interaction[Any],

@@ -115,9 +115,21 @@ def _addIndex(cursor: Any, dialect: SQLDialect, table: str, name: str,
                 raise
 
 
+def _nodeDraining(cursor: Any, dialect: SQLDialect) -> None:
+    """
+    A node's C{draining} flag, which C{chatctl drain} sets and the node
+    reads (L{chat.ops.orders}).
+    """
+    if _addColumn(cursor, dialect, "nodes", "draining", {
+            "sqlite": "INTEGER NOT NULL DEFAULT 0",
+            "mysql": "TINYINT NOT NULL DEFAULT 0"}):
+        _log.info("database migrated: nodes have a draining flag")
+
+
 MIGRATIONS: tuple[Callable[[Any, SQLDialect], None], ...] = (
     _offlineMessageIds,
     _offlineSortKeys,
+    _nodeDraining,
 )
 """Every migration, oldest first; each finds out itself whether it is due."""
 

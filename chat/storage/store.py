@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 
 from chat.core.errors import Conflict, NameTaken
 from chat.core.messages import ChatEvent, Friend, Group, Member
+from chat.ops.counters import Counters, NoCounters
 from chat.storage.pool import Database
 from chat.storage.schema import applySchema
 
@@ -73,6 +74,9 @@ class _Statements:
     addNode: str
     renewNode: str
     purgeDeadSessions: str
+    nodeDraining: str
+    kicksFor: str
+    forgetKicks: str
 
 
 def _statements(db: Database) -> _Statements:
@@ -143,6 +147,9 @@ def _statements(db: Database) -> _Statements:
         purgeDeadSessions=q(
             "DELETE FROM sessions WHERE node_id NOT IN ("
             f" SELECT node_id FROM nodes WHERE last_seen >= {now} - ?)"),
+        nodeDraining=q("SELECT draining FROM nodes WHERE node_id = ?"),
+        kicksFor=q("SELECT user_id FROM kicks WHERE node_id = ?"),
+        forgetKicks=q("DELETE FROM kicks WHERE node_id = ?"),
     )
 
 
@@ -169,6 +176,14 @@ def _offlineRow(message: OfflineMessage, sortKey: int) -> tuple[Any, ...]:
             sortKey, message.event.toJSON().decode("utf-8"))
 
 
+@attrs.frozen
+class Orders:
+    """What an operator asked of a node (L{chat.ops.orders})."""
+
+    draining: bool
+    kicks: tuple[int, ...]
+
+
 class Store:
     """
     The chat's tables.  Every method but L{prepare} returns a
@@ -176,9 +191,11 @@ class Store:
     database cannot be used.
     """
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database,
+                 counters: Counters = NoCounters()) -> None:
         self._db = database
         self._sql = _statements(database)
+        self._counters = counters
 
     def prepare(self, nodeId: str) -> None:
         """
@@ -304,7 +321,9 @@ class Store:
                 _offlineRow(m, keys[m.userId] if m.inFront else 0)
                 for m in messages])
 
-        return self._db.run(interaction)
+        stored = self._counters.stored
+        return self._db.run(interaction).addCallback(
+            lambda _: stored(len(messages)))
 
     def takeOffline(self, userId: int,
                     maxBytes: Optional[int] = None) -> Deferred[OfflineBatch]:
@@ -337,7 +356,11 @@ class Store:
                 for _, messageId, _, payload in rows[:taken]),
                 more=taken < len(rows))
 
-        return self._db.run(interaction)
+        def count(batch: OfflineBatch) -> OfflineBatch:
+            self._counters.delivered(len(batch.events))
+            return batch
+
+        return self._db.run(interaction).addCallback(count)
 
     # Sessions and leases -----------------------------------------------
 
@@ -406,3 +429,28 @@ class Store:
             cursor.execute(sql.forgetNode, (nodeId,))
 
         return self._db.run(interaction)
+
+    # Operators' orders and checks ---------------------------------------
+
+    def takeOrders(self, nodeId: str) -> Deferred[Orders]:
+        """
+        Fire with what operators asked of C{nodeId}: whether to drain, and
+        whose sessions to end (those orders are taken: read and deleted
+        in one transaction).
+        """
+        sql = self._sql
+
+        def interaction(cursor: Any) -> Orders:
+            cursor.execute(sql.nodeDraining, (nodeId,))
+            row = cursor.fetchone()
+            cursor.execute(sql.kicksFor, (nodeId,))
+            kicks = tuple(int(r[0]) for r in cursor.fetchall())
+            if kicks:
+                cursor.execute(sql.forgetKicks, (nodeId,))
+            return Orders(bool(row and row[0]), kicks)
+
+        return self._db.run(interaction)
+
+    def ping(self) -> Deferred[object]:
+        """A trivial query: fails when the database does not answer."""
+        return self._db.query("SELECT 1").addCallback(lambda _: None)
