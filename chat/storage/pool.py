@@ -88,7 +88,7 @@ def _sqliteConnected(connection: sqlite3.Connection) -> None:
     connection.execute("PRAGMA busy_timeout=5000")
 
 
-def _mysqlDialect() -> SQLDialect:
+def mysqlDialect() -> SQLDialect:
     import pymysql
 
     return SQLDialect(
@@ -140,18 +140,20 @@ class BadDatabaseURL(ValueError):
     """The --db value cannot be understood."""
 
 
-def _sqlitePool(url: str) -> adbapi.ConnectionPool:
+def sqlitePath(url: str) -> str:
+    """The file a C{sqlite:PATH} URL names."""
     path = url[len("sqlite:"):]
     if not path:
         raise BadDatabaseURL("sqlite: needs a file name, as sqlite:PATH")
-    # One connection: SQLite serialises writers anyway, and a single
-    # connection makes each interaction (the offline drain) atomic.
-    return adbapi.ConnectionPool(
-        "sqlite3", path, check_same_thread=False, cp_min=1, cp_max=1,
-        cp_openfun=_sqliteConnected)
+    return path
 
 
-def _mysqlPool(url: str) -> adbapi.ConnectionPool:
+def mysqlParameters(url: str) -> dict[str, Any]:
+    """
+    pymysql's C{connect} arguments for a
+    C{mysql://USER:PASSWORD@HOST:PORT/DBNAME} URL (the node's pool and
+    C{chatctl} alike).
+    """
     parts = urlsplit(url)
     database = parts.path.lstrip("/")
     if not parts.hostname or not database:
@@ -162,17 +164,31 @@ def _mysqlPool(url: str) -> adbapi.ConnectionPool:
         raise BadDatabaseURL(f"bad port in {url!r}: {e}") from None
     from pymysql.constants import CLIENT
 
+    return dict(host=parts.hostname, port=port,
+                user=unquote(parts.username or "root"),
+                password=unquote(parts.password or ""), database=database,
+                charset="utf8mb4", autocommit=True,
+                client_flag=CLIENT.FOUND_ROWS, connect_timeout=5)
+
+
+def _sqlitePool(url: str) -> adbapi.ConnectionPool:
+    path = sqlitePath(url)
+    # One connection: SQLite serialises writers anyway, and a single
+    # connection makes each interaction (the offline drain) atomic.
     return adbapi.ConnectionPool(
-        "pymysql", host=parts.hostname, port=port,
-        user=unquote(parts.username or "root"),
-        password=unquote(parts.password or ""), database=database,
-        charset="utf8mb4", autocommit=True, client_flag=CLIENT.FOUND_ROWS,
+        "sqlite3", path, check_same_thread=False, cp_min=1, cp_max=1,
+        cp_openfun=_sqliteConnected)
+
+
+def _mysqlPool(url: str) -> adbapi.ConnectionPool:
+    return adbapi.ConnectionPool(
+        "pymysql", **mysqlParameters(url),
         # READ COMMITTED: a drain's locking read locks the rows it takes,
         # not the gaps around them, so that the stores other nodes make
         # for the same user meanwhile do not deadlock with it (under
         # REPEATABLE READ they did, many times a second in a flood).
         init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
-        connect_timeout=5, read_timeout=15, write_timeout=15,
+        read_timeout=15, write_timeout=15,
         cp_reconnect=True, cp_min=2, cp_max=8, cp_noisy=False)
 
 
@@ -186,7 +202,7 @@ def openDatabase(url: str) -> "Database":
     if url.startswith("sqlite:"):
         return Database(_sqlitePool(url), SQLITE)
     if url.startswith("mysql://"):
-        return Database(_mysqlPool(url), _mysqlDialect())
+        return Database(_mysqlPool(url), mysqlDialect())
     raise BadDatabaseURL(
         f"unknown database URL {url!r}: use sqlite:PATH or "
         "mysql://USER:PASSWORD@HOST:PORT/DBNAME")
