@@ -20,7 +20,6 @@ from typing import Any, Callable, Optional, Sequence
 from tests.harness import ChatNode, HAProxy, RedisServer, SharedMariaDBDatabase
 from tests.harness.process import ROOT
 
-_LISTENING = re.compile(rb"listening on (\S+):(\d+)")
 
 
 class DeploymentError(Exception):
@@ -66,13 +65,17 @@ class BenchNode(ChatNode):
         edits made meanwhile in the working tree do not leak into a run.
     @param defaultCost: keep the server's default password cost (the login
         scenario) instead of the cheap one every other scenario uses.
+    @param metrics: run with C{--metrics} (off by default, unlike the
+        tests' nodes: the benchmark measures the node as shipped, and
+        compares the two in the chat-*-metrics scenarios).
     """
 
     def __init__(self, owner: Any, *, root: Optional[Path] = None,
-                 defaultCost: bool = False, **kwargs: Any) -> None:
+                 defaultCost: bool = False, metrics: bool = False,
+                 **kwargs: Any) -> None:
         self.root = Path(root or ROOT)
         self.defaultCost = defaultCost
-        super().__init__(owner, **kwargs)
+        super().__init__(owner, metrics=metrics, **kwargs)
 
     def argv(self) -> list[str]:
         argv = super().argv()
@@ -80,19 +83,6 @@ class BenchNode(ChatNode):
             i = argv.index("--password-time")
             del argv[i:i + 4]  # --password-time 1 --password-memory 64
         return argv
-
-    def start(self) -> None:
-        """As ChatNode.start, but from C{self.root}."""
-        pythonPath = os.pathsep.join(filter(None, [str(self.root),
-                                                   os.environ.get("PYTHONPATH")]))
-        env = dict(os.environ, PYTHONPATH=pythonPath, PYTHONUNBUFFERED="1")
-        offset = self._spawn(self.argv(), cwd=self.root, env=env)
-
-        def listening() -> Any:
-            return _LISTENING.search(self.log(offset).encode())
-
-        match = self._waitFor(listening, self.timeout, "'listening on HOST:PORT' line")
-        self.host, self.port = match.group(1).decode(), int(match.group(2))
 
     def problems(self) -> list[str]:
         """Lines of the node's log that suggest a server problem."""
@@ -202,23 +192,27 @@ def findProcess(name: str) -> Optional[int]:
 
 
 def singleNode(owner: Owner, root: Optional[Path] = None, defaultCost: bool = False,
-               db: Optional[str] = None, nodeId: Optional[str] = None) -> Deployment:
+               db: Optional[str] = None, nodeId: Optional[str] = None,
+               metrics: bool = False) -> Deployment:
     """One node on its own SQLite file: the default deployment."""
-    node = BenchNode(owner, root=root, defaultCost=defaultCost, db=db, nodeId=nodeId)
+    node = BenchNode(owner, root=root, defaultCost=defaultCost, db=db, nodeId=nodeId,
+                     metrics=metrics)
     return Deployment(owner, [node], label="one node, SQLite")
 
 
 def cluster(owner: Owner, root: Optional[Path] = None, nodes: int = 2,
-            haproxy: bool = False) -> Deployment:
+            haproxy: bool = False, metrics: bool = False) -> Deployment:
     """
     C{nodes} nodes, a private redis-server and a database of their own on
     the machine's MariaDB; optionally HAProxy (the reference config) in
-    front, with the nodes then expecting PROXY v2.
+    front, with the nodes then expecting PROXY v2 (and serving /ready for
+    its health checks: C{--metrics} is then on).
     """
     database = SharedMariaDBDatabase(owner, prefix="chatbench")
     redis = RedisServer(owner)
     members = [BenchNode(owner, root=root, db=database, redis=redis,
-                         nodeId=f"bench{i + 1}", haproxy=haproxy)
+                         nodeId=f"bench{i + 1}", haproxy=haproxy,
+                         metrics=metrics or haproxy)
                for i in range(nodes)]
     proxy = HAProxy(owner, members) if haproxy else None
     if proxy is not None:

@@ -39,6 +39,15 @@ class Fake(LineReceiver):
 def listening(port):
     host = port.getHost()
     print(f"Chat server listening on {host.host}:{host.port}", flush=True)
+    if len(sys.argv) > 3:
+        from twisted.web import resource, server
+        root = resource.Resource()
+        ready = resource.Resource()
+        ready.render_GET = lambda request: b"ready\n"
+        root.putChild(b"ready", ready)
+        web = endpoints.serverFromString(reactor, sys.argv[3]).listen(server.Site(root))
+        web.addCallback(lambda p: print(
+            f"readiness on http://{p.getHost().host}:{p.getHost().port}", flush=True))
 
 d = endpoints.serverFromString(reactor, sys.argv[1]).listen(protocol.Factory.forProtocol(Fake))
 d.addCallbacks(listening, lambda f: (f.printTraceback(), reactor.stop()))
@@ -52,7 +61,8 @@ class FakeNode(ChatNode):
     (behind haproxy: the address from the PROXY v2 header)."""
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-c", FAKE_NODE, self.endpoint(), self.nodeId or "fake"]
+        return [sys.executable, "-c", FAKE_NODE, self.endpoint(), self.nodeId or "fake",
+                *([self.metricsEndpoint()] if self.metrics else [])]
 
 
 def scriptedServer(testCase: unittest.TestCase, script: list[bytes | float]) -> tuple[str, int]:
@@ -106,17 +116,17 @@ class BasicsTests(unittest.SynchronousTestCase):
         """The test config keeps the reference's checks and swaps only what it must."""
         text = renderHAProxyConfig(
             harness.HAPROXY_CFG.read_text(), port=12345,
-            servers=[("node1", "127.0.0.1", 1111), ("node2", "127.0.0.1", 2222)],
+            servers=[("node1", "127.0.0.1", 1111, 1112), ("node2", "127.0.0.1", 2222, 2223)],
             statsSocket="/tmp/x/stats.sock", checkInterval="500ms", maxconn=100)
         lines = [line.strip() for line in text.splitlines()]
         self.assertIn("bind 127.0.0.1:12345", lines)
-        self.assertIn("server node1 127.0.0.1:1111 send-proxy-v2 check", lines)
-        self.assertIn("server node2 127.0.0.1:2222 send-proxy-v2 check", lines)
+        self.assertIn("server node1 127.0.0.1:1111 send-proxy-v2 check port 1112", lines)
+        self.assertIn("server node2 127.0.0.1:2222 send-proxy-v2 check port 2223", lines)
         self.assertEqual(sum(line.startswith("server ") for line in lines), 2)
         self.assertIn("stats socket /tmp/x/stats.sock mode 600 level admin", lines)
         self.assertIn("maxconn 100", lines)
-        for line in ["balance leastconn", "tcp-check connect default",
-                     'tcp-check send "ping\\r\\n"', "tcp-check expect string PONG"]:
+        for line in ["balance leastconn", "option httpchk GET /ready",
+                     "http-check expect status 200"]:
             self.assertIn(line, lines)
         self.assertTrue(any(line.startswith("default-server inter 500ms") for line in lines))
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from unittest import TestCase
 
 from .client import LineClient, proxyV2Header
 from .process import ROOT, _Process
 
 _LISTENING = re.compile(rb"listening on (\S+):(\d+)")
+_METRICS = re.compile(rb"readiness on http://(\S+):(\d+)")
 
 
 def _url(value: Any) -> str | None:
@@ -29,6 +31,9 @@ class ChatNode(_Process):
         the node's directory.
     @param redis: C{--redis} URL or a L{RedisServer}; default none (one node).
     @param haproxy: listen with C{haproxy:tcp:...}, expecting PROXY v2.
+    @param metrics: serve /metrics, /health and /ready (C{--metrics}) on a
+        port of its own, C{metricsPort}: HAProxy's health checks ask
+        /ready there.
     """
 
     name = "chat"
@@ -36,8 +41,12 @@ class ChatNode(_Process):
     def __init__(self, testCase: TestCase, *, db: Any = None, redis: Any = None,
                  nodeId: str | None = None, haproxy: bool = False,
                  extraArgs: Sequence[str] = (), port: int = 0,
-                 timeout: float = 20.0) -> None:
+                 timeout: float = 20.0, metrics: bool = True) -> None:
         super().__init__(testCase)
+        self.metrics = metrics
+        self.metricsPort: int | None = None
+        if not hasattr(self, "root"):
+            self.root = ROOT
         self.db = _url(db) or f"sqlite:{self.directory}/chat.sqlite3"
         self.redis = _url(redis)
         self.nodeId = nodeId
@@ -56,6 +65,10 @@ class ChatNode(_Process):
         """C{--port}; after the first start the port is fixed (HAProxy knows it)."""
         return f"{'haproxy:' if self.haproxy else ''}tcp:{self.port}:interface=127.0.0.1"
 
+    def metricsEndpoint(self) -> str:
+        """C{--metrics}; like the chat port, fixed after the first start."""
+        return f"tcp:{self.metricsPort or 0}:interface=127.0.0.1"
+
     def argv(self) -> list[str]:
         """The command line (tests of the harness override it with a fake server)."""
         # `python -m twisted` is `twist`, and twisted.scripts.twistd has no
@@ -67,19 +80,35 @@ class ChatNode(_Process):
             argv += ["--redis", self.redis]
         if self.nodeId:
             argv += ["--node-id", self.nodeId]
+        if self.metrics:
+            argv += ["--metrics", self.metricsEndpoint()]
         return argv + self.extraArgs
 
     def start(self) -> None:
-        """Start (or restart after stop/kill, on the same port)."""
-        pythonPath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        """Start (or restart after stop/kill, on the same ports), from
+        C{self.root} (this checkout unless a subclass says otherwise)."""
+        pythonPath = os.pathsep.join(filter(None, [str(self.root), os.environ.get("PYTHONPATH")]))
         env = dict(os.environ, PYTHONPATH=pythonPath, PYTHONUNBUFFERED="1")
-        offset = self._spawn(self.argv(), cwd=ROOT, env=env)
+        offset = self._spawn(self.argv(), cwd=self.root, env=env)
 
-        def listening() -> re.Match[bytes] | None:
-            return _LISTENING.search(self.log(offset).encode())
+        def found(pattern: re.Pattern[bytes]) -> Callable[[], re.Match[bytes] | None]:
+            return lambda: pattern.search(self.log(offset).encode())
 
-        match = self._waitFor(listening, self.timeout, "'listening on HOST:PORT' line")
+        match = self._waitFor(found(_LISTENING), self.timeout, "'listening on HOST:PORT' line")
         self.host, self.port = match.group(1).decode(), int(match.group(2))
+        if self.metrics:
+            match = self._waitFor(found(_METRICS), self.timeout, "'readiness on http://...' line")
+            self.metricsPort = int(match.group(2))
+
+    def http(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+        """GET C{path} on the metrics port: the status and the body."""
+        connection = http.client.HTTPConnection(self.host, self.metricsPort, timeout=timeout)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read().decode("utf-8")
+        finally:
+            connection.close()
 
     def client(self, timeout: float = 5.0, proxyHeader: bytes | None = None,
                receiveBuffer: int | None = None) -> "LineClient":

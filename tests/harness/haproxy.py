@@ -40,8 +40,9 @@ class HAProxy(_Process):
         self.binary = requireProgram(testCase, "haproxy")
         self.port = freePort()
         self.statsSocket = self.socketDirectory / "stats.sock"
-        servers = [(f"node{i}", *_address(node)) for i, node in enumerate(nodes, 1)]
-        self.servers = [name for name, _, _ in servers]
+        servers = [(f"node{i}", *_address(node), getattr(node, "metricsPort", None))
+                   for i, node in enumerate(nodes, 1)]
+        self.servers = [name for name, *_ in servers]
         text = template.read_text()
         self.backend = re.search(r"^\s*backend\s+(\S+)", text, re.M).group(1)
         self.configPath = self.directory / "haproxy.cfg"
@@ -112,12 +113,15 @@ def _address(node: Any) -> tuple[str, int]:
 
 
 def renderHAProxyConfig(template: str, *, port: int,
-                        servers: Sequence[tuple[str, str, int]], statsSocket: Path,
+                        servers: Sequence[tuple[Any, ...]],
+                        statsSocket: Path,
                         checkInterval: str | None = None,
                         maxconn: int | None = None) -> str:
     """
     The reference config with the test's port, servers and stats socket. The
-    first C{server} line's options (send-proxy-v2 check ...) apply to all.
+    first C{server} line's options (send-proxy-v2 check ...) apply to all,
+    but for its C{check port}: each server's own metrics port (the fourth
+    item of its tuple), which serves the /ready its check asks for.
     """
     out = []
     serversDone = False
@@ -133,8 +137,11 @@ def renderHAProxyConfig(template: str, *, port: int,
             if serversDone:
                 continue
             serversDone = True
-            out.extend(f"{indent}server {name} {host}:{p} " + " ".join(words[3:])
-                       for name, host, p in servers)
+            options = " ".join(words[3:])
+            for name, host, p, *check in servers:
+                out.append(f"{indent}server {name} {host}:{p} " + (
+                    re.sub(r"\bport \d+", f"port {check[0]}", options)
+                    if check and check[0] else options))
             continue
         elif keyword == "default-server" and checkInterval:
             line = re.sub(r"\binter\s+\S+", f"inter {checkInterval}", line)
