@@ -23,14 +23,12 @@ registry's, stopping the process the reactor's.
 from __future__ import annotations
 
 import signal
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-
-from chat.server.sessions import SessionRegistry
 
 DEFAULT_DRAIN_RATE = 200.0
 """Sessions closed per second."""
@@ -42,6 +40,16 @@ TICK_SECONDS = 0.05
 DRAINING = "this server is going down for maintenance; please reconnect"
 
 
+class Sessions(Protocol):
+    """What a drain needs of the session registry."""
+
+    def userIds(self) -> list[int]: ...
+
+    def count(self) -> int: ...
+
+    def close(self, userId: int, reason: str) -> None: ...
+
+
 class Drain(Service):
     """
     This node's drain.
@@ -51,7 +59,7 @@ class Drain(Service):
 
     _log = Logger()
 
-    def __init__(self, sessions: SessionRegistry, reactor: Any,
+    def __init__(self, sessions: Sessions, reactor: Any,
                  rate: float = DEFAULT_DRAIN_RATE,
                  grace: float = DEFAULT_DRAIN_GRACE,
                  stop: Optional[Callable[[], None]] = None) -> None:

@@ -107,8 +107,11 @@ class _Ready(Resource):
         self._clock = clock
 
     def render_GET(self, request: Request) -> object:
+        gone: list[object] = []
+        request.notifyFinish().addErrback(gone.append)
+
         def answer(reason: Optional[str]) -> None:
-            if request.finished or request.channel is None:
+            if gone:
                 return  # the checker went away
             if reason is None:
                 request.write(_plain(request, 200, b"ready\n"))
