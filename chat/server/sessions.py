@@ -137,14 +137,17 @@ class SessionRegistry:
 
     def close(self, userId: int, reason: str) -> None:
         """
-        End C{userId}'s session here (a drain, an operator's kick),
-        telling its client C{reason}, and release its row at once so that
-        the user may log in on another node right away.
+        End C{userId}'s session here (a drain, an operator's kick): forget
+        it, and once its row is released tell its client C{reason} and
+        close it, so that the client, reconnecting at once, finds its
+        account free on any node.  (Meanwhile, a request on it is
+        answered as not logged in, and nothing is delivered to it but
+        what it had queued, which is stored when it closes.)
         """
         session = self._sessions.get(userId)
         if session is not None:
-            session.disconnect(reason)
-            self.forget(session)
+            self.forget(session).addBoth(
+                lambda _: session.disconnect(reason))
 
     def closeAll(self, reason: str) -> None:
         """
