@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from chat.cluster.bus import IMessageBus
 from chat.cluster.localbus import LocalBus
 from chat.cluster.presence import DEFAULT_LEASE_SECONDS, Lease, Presence
-from chat.logs import logFailure
+from chat.logs import logFailure, setNode
 from chat.ops.counters import Counters, NoCounters
 from chat.ops.drain import DEFAULT_DRAIN_GRACE, DEFAULT_DRAIN_RATE, Drain
 from chat.ops.orders import OrderPoller
@@ -255,6 +255,7 @@ def makeBus(options: Options) -> IMessageBus:
 
 
 def makeService(options: Options) -> IService:
+    setNode(options["node-id"])
     try:
         database = openDatabase(options["db"])
     except BadDatabaseURL as e:

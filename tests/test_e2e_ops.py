@@ -33,7 +33,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.python import log
 from twisted.trial import unittest
 
-from tests.harness import ROOT, ChatNode, OwnMariaDB, RedisServer, SharedMariaDBDatabase
+from tests.harness import (
+    ROOT, ChatNode, LineClient, OwnMariaDB, RedisServer, SharedMariaDBDatabase, freePort,
+)
 from tests.test_e2e_cluster import (
     PASSWORD, ClusterMixin, MSG, LOGGED_IN, textRegister, textRegisterLogin,
 )
@@ -168,6 +170,48 @@ class SingleNodeMetricsTests(unittest.SynchronousTestCase):
         self.assertEqual(bob.readUntilClosed(10).decode(), notice)
         node.process.wait(10)
         self.assertEqual(node.process.returncode, 0, node.log()[-2000:])
+
+
+class JSONLogTests(unittest.SynchronousTestCase):
+    def test_jsonLogs(self) -> None:
+        """
+        The README's command, C{twistd -n --logger chat.logs.jsonLog chat},
+        writes one JSON object per line on standard output, every one with
+        the node's id, and the events of a user's connection with its
+        peer and user id as fields.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        logPath = os.path.join(directory, "node.jsonl")
+        port = freePort()
+        with open(logPath, "wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                 "-n", "--pidfile=", "--logger", "chat.logs.jsonLog", "chat",
+                 "--port", f"tcp:{port}:interface=127.0.0.1", "--node-id", "jn1",
+                 "--db", f"sqlite:{directory}/chat.sqlite3",
+                 "--password-time", "1", "--password-memory", "64"],
+                cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1"),
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        self.addCleanup(lambda: process.poll() is None and (process.kill(), process.wait()))
+
+        def events() -> list[dict[str, Any]]:
+            with open(logPath, encoding="utf-8") as log:
+                return [json.loads(line) for line in log if line.strip()]
+
+        waitFor(self, lambda: any("listening" in e.get("log_format", "") for e in events()),
+                20, "listening event")
+        with LineClient("127.0.0.1", port) as alice:
+            aliceId = textRegisterLogin(self, alice, "alice")
+            peer = "127.0.0.1:%d" % alice.sock.getsockname()[1]
+        login = waitFor(self, lambda: [e for e in events() if "logged in" in e.get("log_format", "")],
+                        10, "login event")[0]
+        self.assertEqual((login["userId"], login["userName"], login["peer"], login["node"],
+                          login["text"]),
+                         (aliceId, "alice", peer, "jn1", f"{peer}: alice (id {aliceId}) logged in"))
+        process.terminate()
+        process.wait(10)
+        self.assertEqual({e.get("node") for e in events()}, {"jn1"})
 
 
 class ReadinessTests(unittest.SynchronousTestCase):

@@ -204,7 +204,8 @@ class ChatProtocol(Protocol):
 
     def _stalled(self) -> None:
         self._log.info("{peer}: output over its limit for {s} s; closing",
-                       peer=self.peer, s=self._limits.stallTimeout)
+                       peer=self.peer, userId=self.userId,
+                       s=self._limits.stallTimeout)
         self._closing = True
         self._storeQueued()
         self._endSession()
@@ -266,6 +267,7 @@ class ChatProtocol(Protocol):
         error = LineTooLong(
             f"message longer than {self._splitter.maxLength} bytes")
         self._log.info("{peer}: {error}; closing", peer=self.peer,
+                       userId=self.userId,
                        error=error.message)
         self.sendError(None, error)
         self._close()
@@ -280,6 +282,7 @@ class ChatProtocol(Protocol):
         request = self._spoken().decode(message)
         if isinstance(request, Rejected):
             self._log.debug("{peer}: rejected: {error}", peer=self.peer,
+                            userId=self.userId,
                             error=request.error.message)
             self.sendError(request.context, request.error)
             return
@@ -356,7 +359,8 @@ class ChatProtocol(Protocol):
             assert isinstance(error, ChatError)
         else:
             self._log.failure("handling {request} from {peer}", failure,
-                              request=request, peer=self.peer)
+                              request=request, peer=self.peer,
+                              userId=self.userId)
             error = Unavailable("internal error; retry")
         if self._closing:
             if self._loggingIn:
