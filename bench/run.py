@@ -7,6 +7,7 @@ and write a Markdown report (plus the raw numbers as JSON).
     python -m bench.run --scenarios chat-local,saturation-local --runs 5
     python -m bench.run --commit HEAD --out docs/BENCHMARKS.md
     python -m bench.run --scenarios users-local --plot /tmp/plots
+    python -m bench.run --scenarios metrics-local,metrics-cross   # --metrics on vs off
 
 The many-users scenarios (users-*) run first and lead the report; the
 batched (pipelined) ones follow.
@@ -34,13 +35,13 @@ from tests.harness.process import ROOT
 
 from .report import _git, drawPlots, machineInfo, patternOf, renderMarkdown, writeJSON
 from .scenarios import (
-    ScenarioResult, Settings, chatFixed, connections, fanout, login, saturation, users,
-    usersColdStart,
+    ScenarioResult, Settings, chatFixed, connections, fanout, login, metricsOverhead,
+    saturation, users, usersColdStart,
 )
 
 ALL = ["users-local", "users-cross", "users-coldstart",
        "chat-local", "chat-cross", "saturation-local", "saturation-cross", "fanout",
-       "login", "connections"]
+       "login", "connections", "metrics-local", "metrics-cross"]
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -111,6 +112,11 @@ def parser() -> argparse.ArgumentParser:
                        help="users-coldstart: msgs/s right after the node starts")
     users.add_argument("--users-cold-duration", type=float, default=5.0,
                        help="users-coldstart: seconds measured from the first message")
+    p.add_argument("--metrics", action="store_true",
+                   help="run every node with --metrics (metrics-local and "
+                   "metrics-cross compare with and without in any case)")
+    p.add_argument("--scrape-interval", type=float, default=1.0,
+                   help="metrics-*: seconds between two scrapes of /metrics")
     p.add_argument("--plot", type=Path, default=None, metavar="DIR",
                    help="also write PNG charts (matplotlib) into DIR")
     return p
@@ -134,7 +140,8 @@ def settingsFrom(options: argparse.Namespace, root: Optional[Path]) -> Settings:
         usersStepDuration=options.users_step, usersRefRate=options.users_ref_rate,
         usersArrivals=options.users_arrivals, usersClassic=options.users_classic,
         usersColdRate=options.users_cold_rate,
-        usersColdDuration=options.users_cold_duration)
+        usersColdDuration=options.users_cold_duration, metrics=options.metrics,
+        scrapeInterval=options.scrape_interval)
     if options.quick:
         defaults = parser().parse_args([])
 
@@ -211,6 +218,10 @@ def scenarioPlan(names: Sequence[str], settings: Settings, fanoutOn: str
             plan.append((name, lambda: login(settings)))
         elif name == "connections":
             plan.append((name, lambda: connections(settings)))
+        elif name == "metrics-local":
+            plan.append((name, lambda: metricsOverhead(settings)))
+        elif name == "metrics-cross":
+            plan.append((name, lambda: metricsOverhead(settings, cross=True)))
         else:
             raise SystemExit(f"bench: unknown scenario {name!r}; choose from {ALL}")
     return plan

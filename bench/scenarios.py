@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,12 @@ class Settings:
     warmup: float = 0.5
     pad: int = 32
     tick: float = 0.002
+    metrics: bool = False
+    """Run every node with C{--metrics} (the metrics-* scenarios compare
+    both regardless)."""
+    scrapeInterval: float = 1.0
+    """Seconds between two scrapes of /metrics while a metrics-* run
+    measures a node with metrics on."""
     drainTimeout: float = 30.0
     satStart: float = 1000.0
     satMax: float = 200000.0
@@ -340,19 +347,22 @@ def _notes(lg: LoadGen, deps: Sequence[Deployment]) -> list[str]:
     return notes
 
 
-def _deploy(owner: Owner, settings: Settings, cross: bool, viaHAProxy: bool = False
+def _deploy(owner: Owner, settings: Settings, cross: bool, viaHAProxy: bool = False,
+            metrics: Optional[bool] = None
             ) -> tuple[Deployment, tuple[str, int], tuple[str, int]]:
     """
     The deployment of a chat scenario and where its senders and recipients
     connect: one node (both there), two nodes (senders on A, recipients on
-    B), or HAProxy in front of two (both through it).
+    B), or HAProxy in front of two (both through it).  C{metrics}: with or
+    without C{--metrics} (default C{settings.metrics}).
     """
+    metered = settings.metrics if metrics is None else metrics
     if cross or viaHAProxy:
-        dep = cluster(owner, root=settings.root, haproxy=viaHAProxy)
+        dep = cluster(owner, root=settings.root, haproxy=viaHAProxy, metrics=metered)
         if viaHAProxy:
             return dep, dep.proxyAddress, dep.proxyAddress
         return dep, dep.address(0), dep.address(1)
-    dep = singleNode(owner, root=settings.root)
+    dep = singleNode(owner, root=settings.root, metrics=metered)
     return dep, dep.address(0), dep.address(0)
 
 
@@ -554,6 +564,75 @@ def chatFixed(settings: Settings, cross: bool = False, viaHAProxy: bool = False)
                         result.baseline.append(measureChat(lg, basePairs, settings, base,
                                                            settings.rate, settings.duration))
                 result.notes.extend(_notes(lg, [dep] + ([base] if base else [])))
+
+    return _guard(result, body)
+
+
+class _Scraper:
+    """
+    Scrapes every node's /metrics every C{interval} seconds in a thread,
+    as Prometheus would (more often than its usual 15 s), so that a
+    measured run with metrics on pays for its scrapes too.
+    """
+
+    def __init__(self, dep: Deployment, interval: float) -> None:
+        self._nodes = [n for n in dep.nodes if n.metricsPort]
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.scrapes = 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            for node in self._nodes:
+                if node.http("/metrics")[0] == 200:
+                    self.scrapes += 1
+
+    def __enter__(self) -> "_Scraper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def metricsOverhead(settings: Settings, cross: bool = False) -> ScenarioResult:
+    """
+    metrics-local and metrics-cross: chat-local or chat-cross against
+    nodes with C{--metrics} (scraped every C{scrapeInterval} s) and, as the
+    baseline, the same deployment without it, both up at once and
+    measured run by run in turn, so each run's ratio compares two runs of
+    the same minute.
+    """
+    key = "metrics-cross" if cross else "metrics-local"
+    what = "chat-cross" if cross else "chat-local"
+    result = ScenarioResult(key, f"metrics overhead: {what} with --metrics (scraped) "
+                                 "against without")
+    result.settings = {"pairs": settings.pairs, "rate msgs/s": settings.rate,
+                       "duration s": settings.duration, "warm-up s": settings.warmup,
+                       "text bytes": 26 + settings.pad,
+                       "scrape every s": settings.scrapeInterval}
+    result.ratioKeys = ["delivered msgs/s", "p50 ms", "p99 ms", "CPU µs/msg server"]
+
+    def body() -> None:
+        with Owner() as owner:
+            on, onSenders, onRecipients = _deploy(owner, settings, cross, metrics=True)
+            off, offSenders, offRecipients = _deploy(owner, settings, cross, metrics=False)
+            result.deployment = f"{on.label}, with --metrics"
+            result.baselineLabel = f"{off.label}, without --metrics"
+            with _newLoadGen(settings) as lg:
+                onPairs = _pairs(lg, settings.pairs, onSenders, onRecipients)
+                offPairs = _pairs(lg, settings.pairs, offSenders, offRecipients)
+                for _ in range(settings.runs):
+                    result.baseline.append(measureChat(lg, offPairs, settings, off,
+                                                       settings.rate, settings.duration))
+                    with _Scraper(on, settings.scrapeInterval) as scraper:
+                        run = measureChat(lg, onPairs, settings, on, settings.rate,
+                                          settings.duration)
+                    run["scrapes"] = scraper.scrapes
+                    result.runs.append(run)
+                result.notes.extend(_notes(lg, [on, off]))
 
     return _guard(result, body)
 
