@@ -154,8 +154,8 @@ class MeteredServiceTests(SynchronousTestCase):
         else:
             if isinstance(result, Deferred):
                 result.addErrback(lambda f: None)
-        self.assertEqual(counters.requestSeconds["chat"].counts[-1], 0)
-        self.assertEqual(sum(counters.requestSeconds["chat"].counts), 1)
+        self.assertEqual(counters.meters["chat"].seconds.counts[-1], 0)
+        self.assertEqual(sum(counters.meters["chat"].seconds.counts), 1)
         return counters.requests
 
     def test_results(self) -> None:

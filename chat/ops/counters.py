@@ -65,13 +65,40 @@ class Histogram:
         return out
 
 
+class RequestMeter:
+    """
+    The count and durations of one kind of request: the metered service
+    keeps one per request class, so that answering a request costs a dict
+    increment and an observation, with no key built.
+
+    @ivar results: answered requests by result (C{ok} or the error
+        number).
+    @ivar seconds: how long they took.
+    """
+
+    __slots__ = ("results", "seconds")
+
+    def __init__(self) -> None:
+        self.results: dict[str, int] = {}
+        self.seconds = Histogram(REQUEST_BUCKETS)
+
+    def done(self, result: str, seconds: float) -> None:
+        results = self.results
+        results[result] = results.get(result, 0) + 1
+        self.seconds.observe(seconds)
+
+
+class _NoMeter(RequestMeter):
+    def done(self, result: str, seconds: float) -> None:
+        pass
+
+
 class Counters:
     """
     The node's counters.
 
-    @ivar requests: answered requests by C{(request, result)}; result is
-        C{ok} or the error number.
-    @ivar requestSeconds: how long requests took, by request.
+    @ivar meters: the L{RequestMeter} of each request name (C{chat},
+        C{login}, ...).
     @ivar messages: deliveries by path: C{local} (pushed to a session of
         this node), C{remote} (published, and a node took it), C{stored}
         (written to the offline store by the router).
@@ -88,8 +115,7 @@ class Counters:
     """
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str], int] = {}
-        self.requestSeconds: dict[str, Histogram] = {}
+        self.meters: dict[str, RequestMeter] = {}
         self.messages = dict.fromkeys(PATHS, 0)
         self.publishes = dict.fromkeys(PUBLISH_OUTCOMES, 0)
         self.offlineStored = 0
@@ -97,16 +123,22 @@ class Counters:
         self.rateLimited: dict[str, int] = {}
         self.dbSeconds = Histogram(DB_BUCKETS)
 
+    def meter(self, request: str) -> RequestMeter:
+        """The meter of requests named C{request}, made on first use."""
+        meter = self.meters.get(request)
+        if meter is None:
+            meter = self.meters[request] = RequestMeter()
+        return meter
+
     def request(self, request: str, result: str, seconds: float) -> None:
         """A request C{request} was answered with C{result}."""
-        key = (request, result)
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
-        histogram = self.requestSeconds.get(request)
-        if histogram is None:
-            histogram = self.requestSeconds[request] = Histogram(
-                REQUEST_BUCKETS)
-        histogram.observe(seconds)
+        self.meter(request).done(result, seconds)
+
+    @property
+    def requests(self) -> dict[tuple[str, str], int]:
+        """Answered requests by C{(request, result)}."""
+        return {(name, result): n for name, meter in self.meters.items()
+                for result, n in meter.results.items()}
 
     def routed(self, path: str, count: int = 1) -> None:
         """C{count} copies of a message went down C{path}."""
@@ -135,8 +167,8 @@ class Counters:
 class NoCounters(Counters):
     """The counters of a node without C{--metrics}: nothing is counted."""
 
-    def request(self, request: str, result: str, seconds: float) -> None:
-        pass
+    def meter(self, request: str) -> RequestMeter:
+        return _NO_METER
 
     def routed(self, path: str, count: int = 1) -> None:
         pass
@@ -155,3 +187,6 @@ class NoCounters(Counters):
 
     def database(self, seconds: float) -> None:
         pass
+
+
+_NO_METER = _NoMeter()

@@ -23,20 +23,13 @@ from zope.interface import implementer
 
 from chat.core.errors import ChatError
 from chat.core.messages import ChatEvent, Request
-from chat.ops.counters import Counters
+from chat.ops.counters import Counters, RequestMeter
 from chat.server.session import Answer, IChatService, ISession
-
-_names: dict[type, str] = {}
-
 
 def requestName(request: object) -> str:
     """The label of a request: its class name in lower case (C{chat},
     C{groupchat}, C{login}, ...)."""
-    kind = type(request)
-    name = _names.get(kind)
-    if name is None:
-        name = _names[kind] = kind.__name__.lower()
-    return name
+    return type(request).__name__.lower()
 
 
 def resultOf(error: BaseException) -> str:
@@ -50,23 +43,27 @@ class MeteredService:
     def __init__(self, service: IChatService, counters: Counters) -> None:
         self._service = service
         self._counters = counters
+        self._meters: dict[type, RequestMeter] = {}
 
     def handle(self, session: ISession, request: Request) -> Answer:
         started = perf_counter()
-        name = requestName(request)
+        meter = self._meters.get(type(request))
+        if meter is None:
+            meter = self._meters[type(request)] = self._counters.meter(
+                requestName(request))
         try:
             answer = self._service.handle(session, request)
         except BaseException as e:
-            self._counters.request(name, resultOf(e), perf_counter() - started)
+            meter.done(resultOf(e), perf_counter() - started)
             raise
         if not isinstance(answer, Deferred):
-            self._counters.request(name, "ok", perf_counter() - started)
+            meter.done("ok", perf_counter() - started)
             return answer
 
         def done(result: Any) -> Any:
             outcome = resultOf(result.value or Exception()) \
                 if isinstance(result, Failure) else "ok"
-            self._counters.request(name, outcome, perf_counter() - started)
+            meter.done(outcome, perf_counter() - started)
             return result
 
         return answer.addBoth(done)

@@ -90,7 +90,7 @@ class ChatCollector(Collector):
         yield requests
         yield _histogram("chat_request_seconds",
                          "Seconds from a request to its answer.", "request",
-                         c.requestSeconds)
+                         {name: m.seconds for name, m in c.meters.items()})
         messages = CounterMetricFamily(
             "chat_messages", "Copies of chat messages by path: local "
             "(pushed here), remote (taken by another node), stored "
