@@ -87,8 +87,9 @@ class Drain(Service):
 
     def _signalled(self, number: int, frame: object) -> None:
         # A signal handler runs between two bytecodes of whatever the
-        # reactor was doing: the drain starts from the reactor instead.
-        self._reactor.callLater(0, self.start, "SIGUSR1")
+        # reactor was doing: the drain starts from the reactor instead
+        # (callFromThread also wakes it, as Twisted's own SIGTERM does).
+        self._reactor.callFromThread(self.start, "SIGUSR1")
 
     def start(self, reason: str) -> None:
         """Start draining (a second order while draining changes nothing)."""
