@@ -26,7 +26,9 @@ import signal
 from typing import Any, Callable, Optional, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.internet.interfaces import (
+    IReactorCore, IReactorFromThreads, IReactorTime,
+)
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -65,6 +67,7 @@ class Drain(Service):
                  stop: Optional[Callable[[], None]] = None) -> None:
         self._sessions = sessions
         self._reactor: IReactorTime = reactor
+        self._fromSignal: IReactorFromThreads = reactor
         self._rate = rate
         self._grace = grace
         self._stop = stop if stop is not None else \
@@ -89,7 +92,7 @@ class Drain(Service):
         # A signal handler runs between two bytecodes of whatever the
         # reactor was doing: the drain starts from the reactor instead
         # (callFromThread also wakes it, as Twisted's own SIGTERM does).
-        self._reactor.callFromThread(self.start, "SIGUSR1")
+        self._fromSignal.callFromThread(self.start, "SIGUSR1")
 
     def start(self, reason: str) -> None:
         """Start draining (a second order while draining changes nothing)."""
