@@ -53,6 +53,9 @@ class ChatService:
     """
     @ivar sessions: the sessions logged in on this node.
     @ivar router: where messages go.
+    @ivar counters: what this node counts for its metrics
+        (L{chat.ops.counters}); e.g. a rate limit that refuses a request
+        calls C{counters.limited(name)}.
     """
 
     def __init__(self, store: Store, bus: IMessageBus, passwords: Passwords,
@@ -64,6 +67,7 @@ class ChatService:
             from twisted.internet import reactor as scheduler
         assert scheduler is not None
         self.nodeId = nodeId
+        self.counters = counters
         self._lease = lease or Lease(clock=scheduler)
         self.sessions = SessionRegistry(store, bus, self._lease, nodeId)
         self.router = Router(store, bus, self.sessions, self._lease,
