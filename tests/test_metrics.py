@@ -353,3 +353,15 @@ class OrderTests(ServiceTestCase):
             "UPDATE nodes SET draining = 1 WHERE node_id = ?", (NODE,))
         await poller.poll()
         self.assertEqual(drain.reason, "chatctl drain")
+
+    def test_restartForgetsOrders(self) -> None:
+        """A node that starts again under its id is not draining, and the
+        kicks meant for its earlier run's sessions are gone."""
+        self.database.runBlocking(lambda cursor: (
+            cursor.execute("UPDATE nodes SET draining = 1 WHERE node_id = ?", (NODE,)),
+            cursor.execute("INSERT INTO kicks (user_id, node_id) VALUES (1, ?)", (NODE,))))
+        self.store.prepare(NODE)
+        self.assertEqual(self.database.runBlocking(lambda cursor: (
+            cursor.execute("SELECT draining FROM nodes WHERE node_id = ?", (NODE,)),
+            cursor.fetchall(), cursor.execute("SELECT * FROM kicks"),
+            cursor.fetchall())[1::2]), ([(0,)], []))

@@ -389,9 +389,11 @@ class Store:
     def _startNode(self, cursor: Any, nodeId: str) -> None:
         """
         Register a starting node: forget whatever sessions an earlier run
-        under the same id left behind, and take a fresh lease.
+        under the same id left behind, and the kicks meant for them, and
+        take a fresh lease (not draining).
         """
         cursor.execute(self._sql.clearSessionsOn, (nodeId,))
+        cursor.execute(self._sql.forgetKicks, (nodeId,))
         cursor.execute(self._sql.forgetNode, (nodeId,))
         cursor.execute(self._sql.addNode, (nodeId,))
 
