@@ -23,11 +23,11 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 
 from chat.cluster.bus import IMessageBus
 from chat.cluster.localbus import LocalBus
 from chat.cluster.presence import DEFAULT_LEASE_SECONDS, Lease, Presence
+from chat.listening import listenNow
 from chat.logs import logFailure, setNode
 from chat.ops.counters import Counters, NoCounters
 from chat.ops.drain import DEFAULT_DRAIN_GRACE, DEFAULT_DRAIN_RATE, Drain
@@ -210,18 +210,9 @@ class ChatListener(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()  # type: ignore[no-untyped-call] # unannotated in Twisted
-        endpoint = serverFromString(_reactor, withBacklog(self._description))
-        # The reactor is not running yet, but listening is synchronous
-        # for the endpoints a node uses (tcp, ssl, haproxy), so the
-        # outcome is there at once.
-        result: list[Any] = []
-        endpoint.listen(self._factory).addBoth(result.append)
-        outcome = result[0] if result else None
-        if not IListeningPort.providedBy(outcome):
-            reason = outcome.value if isinstance(outcome, Failure) else outcome
-            raise SystemExit(
-                f"chat: cannot listen on {self._description}: {reason}")
-        self._port = outcome
+        self._port = outcome = listenNow(
+            _reactor, withBacklog(self._description), self._factory,
+            "--port")
         host = outcome.getHost()
         self._log.info("Chat server listening on {host}:{port}",
                        host=getattr(host, "host", host),

@@ -151,6 +151,29 @@ class SingleNodeMetricsTests(unittest.SynchronousTestCase):
         # No Redis, no chat_redis_up.
         self.assertNotIn(("chat_redis_up", frozenset()), after.values)
 
+    def test_metricsPortTaken(self) -> None:
+        """A --metrics port that cannot be had ends twistd with one line
+        saying so and a non-zero exit, as a --port does (once twistd logs,
+        it writes stderr into its log)."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            directory = os.path.abspath(self.mktemp())
+            os.makedirs(directory)
+            result = subprocess.run(
+                [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                 "-n", "--pidfile=", "--logfile=-", "chat", "--port", "tcp:0:interface=127.0.0.1",
+                 "--db", f"sqlite:{directory}/chat.sqlite3",
+                 "--metrics", f"tcp:{port}:interface=127.0.0.1"],
+                cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        self.assertNotEqual(result.returncode, 0)
+        output = (result.stdout + result.stderr).decode()
+        self.assertEqual(output.count(f"chat: cannot listen on --metrics tcp:{port}"), 1, output)
+        self.assertNotIn("Traceback", output)
+        self.assertNotIn("readiness on", output)
+
     def test_sigusr1Drains(self) -> None:
         """
         SIGUSR1: /ready answers 503 with the reason at once, then every

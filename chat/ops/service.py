@@ -14,13 +14,13 @@ from typing import Any, Iterator, Optional
 from twisted.application.service import Service
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.web.server import Site
 
 from chat.cluster.bus import IMessageBus
 from chat.cluster.presence import Lease
+from chat.listening import listenNow
 from chat.ops.counters import Counters
 from chat.ops.drain import Drain
 from chat.ops.metrics import Connection, NodeGauges, NodeMetrics
@@ -47,22 +47,16 @@ class OpsListener(Service):
         self._site = site
         self._port: Optional[IListeningPort] = None
 
-    def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call] # unannotated in Twisted
-        endpoint = serverFromString(_reactor, self._description)
-        endpoint.listen(self._site).addCallbacks(self._listening,
-                                                 self._failed)
-
-    def _listening(self, port: IListeningPort) -> None:
-        self._port = port
+    def privilegedStartService(self) -> None:
+        """Listen before the reactor runs: a --metrics port that cannot be
+        had ends twistd, as a --port does."""
+        super().privilegedStartService()  # type: ignore[no-untyped-call] # unannotated in Twisted
+        self._port = port = listenNow(_reactor, self._description, self._site,
+                                      "--metrics")
         host = port.getHost()
         self._log.info("Metrics, health and readiness on http://{host}:{port}",
                        host=getattr(host, "host", host),
                        port=getattr(host, "port", ""))
-
-    def _failed(self, failure: Any) -> None:
-        self._log.error("cannot listen on --metrics {where}: {error}",
-                        where=self._description, error=failure.value)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()  # type: ignore[no-untyped-call] # unannotated in Twisted
