@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 from tests.harness.process import ROOT
 
 from .report import _git, drawPlots, machineInfo, patternOf, renderMarkdown, writeJSON
+from .overload import classicReceive, slowReaders
 from .scenarios import (
     ScenarioResult, Settings, chatFixed, connections, fanout, login, saturation, users,
     usersColdStart,
@@ -40,7 +41,7 @@ from .scenarios import (
 
 ALL = ["users-local", "users-cross", "users-coldstart",
        "chat-local", "chat-cross", "saturation-local", "saturation-cross", "fanout",
-       "login", "connections"]
+       "login", "connections", "slow-readers", "classic-receive"]
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -111,6 +112,15 @@ def parser() -> argparse.ArgumentParser:
                        help="users-coldstart: msgs/s right after the node starts")
     users.add_argument("--users-cold-duration", type=float, default=5.0,
                        help="users-coldstart: seconds measured from the first message")
+    slow = p.add_argument_group("readers that cannot keep up (slow-readers, classic-receive)")
+    slow.add_argument("--slow-readers", type=int, default=100,
+                      help="slow-readers: recipients that never read (4 KiB receive buffer)")
+    slow.add_argument("--slow-senders", type=int, default=10,
+                      help="slow-readers: senders flooding every one of them")
+    slow.add_argument("--slow-per-reader", type=int, default=70,
+                      help="slow-readers: messages of 3,000 chars each sender sends each reader")
+    slow.add_argument("--classic-messages", type=int, default=2000,
+                      help="classic-receive: messages sent to the one classic reader")
     p.add_argument("--plot", type=Path, default=None, metavar="DIR",
                    help="also write PNG charts (matplotlib) into DIR")
     return p
@@ -134,7 +144,9 @@ def settingsFrom(options: argparse.Namespace, root: Optional[Path]) -> Settings:
         usersStepDuration=options.users_step, usersRefRate=options.users_ref_rate,
         usersArrivals=options.users_arrivals, usersClassic=options.users_classic,
         usersColdRate=options.users_cold_rate,
-        usersColdDuration=options.users_cold_duration)
+        usersColdDuration=options.users_cold_duration,
+        slowReaders=options.slow_readers, slowSenders=options.slow_senders,
+        slowPerReader=options.slow_per_reader, classicMessages=options.classic_messages)
     if options.quick:
         defaults = parser().parse_args([])
 
@@ -153,7 +165,10 @@ def settingsFrom(options: argparse.Namespace, root: Optional[Path]) -> Settings:
                             "users_rates": "usersRates", "users_step": "usersStepDuration",
                             "users_ref_rate": "usersRefRate",
                             "users_cold_rate": "usersColdRate",
-                            "users_cold_duration": "usersColdDuration"}.get(name, name), value)
+                            "users_cold_duration": "usersColdDuration",
+                            "slow_readers": "slowReaders", "slow_senders": "slowSenders",
+                            "slow_per_reader": "slowPerReader",
+                            "classic_messages": "classicMessages"}.get(name, name), value)
 
         for name, value in [("runs", 1), ("pairs", 5), ("rate", 200), ("duration", 1.0),
                             ("warmup", 0.2), ("sat_start", 200), ("sat_max", 400),
@@ -165,7 +180,9 @@ def settingsFrom(options: argparse.Namespace, root: Optional[Path]) -> Settings:
                             ("rtt_count", 10), ("users_pairs", 10),
                             ("users_rates", (100.0, 200.0)), ("users_step", 1.0),
                             ("users_ref_rate", 200.0), ("users_cold_rate", 100.0),
-                            ("users_cold_duration", 1.0)]:
+                            ("users_cold_duration", 1.0), ("slow_readers", 3),
+                            ("slow_senders", 2), ("slow_per_reader", 200),
+                            ("classic_messages", 100)]:
             small(name, value)
         s.loginSerialDuration = 0.5
         s.drainTimeout = 5.0
@@ -211,6 +228,10 @@ def scenarioPlan(names: Sequence[str], settings: Settings, fanoutOn: str
             plan.append((name, lambda: login(settings)))
         elif name == "connections":
             plan.append((name, lambda: connections(settings)))
+        elif name == "slow-readers":
+            plan.append((name, lambda: slowReaders(settings)))
+        elif name == "classic-receive":
+            plan.append((name, lambda: classicReceive(settings)))
         else:
             raise SystemExit(f"bench: unknown scenario {name!r}; choose from {ALL}")
     return plan
