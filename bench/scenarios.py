@@ -80,6 +80,9 @@ class Settings:
     slowSenders: int = 10
     slowPerReader: int = 70
     classicMessages: int = 2000
+    instrPairs: int = 100
+    instrRate: float = 100.0
+    instrDuration: float = 10.0
 
     def public(self) -> dict[str, Any]:
         out = asdict(self)

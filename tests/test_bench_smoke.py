@@ -76,6 +76,18 @@ class BenchSmokeTests(unittest.SynchronousTestCase):
         fan = results["fanout-10"]["runs"][0]
         self.assertEqual(fan["messages complete"], 3)  # each reached all 9 others
 
+    def test_instructionCounts(self) -> None:
+        """
+        users-instructions reads callgrind_control's per-thread counts
+        (what it printed here for a process with two threads) and sums
+        them; output without a count is an error, not zero.
+        """
+        from bench.instructions import parseInstructions
+        printed = ("PID 30019: python -c import time\n\n  Totals:         Ir \n"
+                   "   Th 1  121,881,796 \n   Th 2       5,004 \n")
+        self.assertEqual(parseInstructions(printed), 121_886_800)
+        self.assertRaises(RuntimeError, parseInstructions, "PID 1: gone\n")
+
     def test_slowAndClassicReaders(self) -> None:
         """
         slow-readers with 3 never-reading recipients each sent 1.2 MB
