@@ -70,6 +70,10 @@ class BenchNode(ChatNode):
         compares the two in the chat-*-metrics scenarios).
     """
 
+    reactor: Optional[str] = None
+    """twistd's --reactor for every node of the run (C{bench.run --reactor});
+    None for twistd's default."""
+
     def __init__(self, owner: Any, *, root: Optional[Path] = None,
                  defaultCost: bool = False, metrics: bool = False,
                  **kwargs: Any) -> None:
@@ -79,6 +83,8 @@ class BenchNode(ChatNode):
 
     def argv(self) -> list[str]:
         argv = super().argv()
+        if self.reactor is not None:
+            argv.insert(argv.index("chat"), f"--reactor={self.reactor}")
         if self.defaultCost:
             i = argv.index("--password-time")
             del argv[i:i + 4]  # --password-time 1 --password-memory 64

@@ -246,6 +246,7 @@ _HEADLINES = {
     "saturation-local": ["sustained msgs/s", "at half: p99 ms"],
     "saturation-cross": ["sustained msgs/s", "at half: p99 ms"],
     "login": ["logins/s", "p50 ms", "p99 ms", "alone: p50 ms"],
+    "users-instructions": ["instructions per msg (thousands)", "lost"],
 }
 
 _USERS_AT_REF = ("p50 ms", "p99 ms", "CPU µs/msg server", "CPU µs/msg redis")

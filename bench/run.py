@@ -33,15 +33,19 @@ from typing import Any, Callable, Optional, Sequence
 
 from tests.harness.process import ROOT
 
+from .deploy import BenchNode
 from .report import _git, drawPlots, machineInfo, patternOf, renderMarkdown, writeJSON
+from .instructions import usersInstructions
+from .overload import classicReceive, slowReaders
 from .scenarios import (
     ScenarioResult, Settings, chatFixed, connections, fanout, login, metricsOverhead,
     saturation, users, usersColdStart,
 )
 
-ALL = ["users-local", "users-cross", "users-coldstart",
+ALL = ["users-local", "users-cross", "users-coldstart", "users-instructions",
        "chat-local", "chat-cross", "saturation-local", "saturation-cross", "fanout",
-       "login", "connections", "metrics-local", "metrics-cross"]
+       "login", "connections", "slow-readers", "classic-receive", "metrics-local",
+       "metrics-cross"]
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -65,6 +69,8 @@ def parser() -> argparse.ArgumentParser:
                    help="run the nodes on a frozen copy of this commit (e.g. HEAD)")
     p.add_argument("--server-root", default=None, type=Path,
                    help="run the nodes from this directory instead")
+    p.add_argument("--reactor", default=None,
+                   help="twistd --reactor for the nodes (e.g. uvloop; default twistd's)")
     p.add_argument("--title", default="Benchmarks")
     p.add_argument("--preamble", default="", help="Markdown placed under the title")
     p.add_argument("--runs", type=int, default=3)
@@ -117,6 +123,20 @@ def parser() -> argparse.ArgumentParser:
                    "metrics-cross compare with and without in any case)")
     p.add_argument("--scrape-interval", type=float, default=1.0,
                    help="metrics-*: seconds between two scrapes of /metrics")
+    slow = p.add_argument_group("readers that cannot keep up (slow-readers, classic-receive)")
+    slow.add_argument("--slow-readers", type=int, default=100,
+                      help="slow-readers: recipients that never read (4 KiB receive buffer)")
+    slow.add_argument("--slow-senders", type=int, default=10,
+                      help="slow-readers: senders flooding every one of them")
+    slow.add_argument("--slow-per-reader", type=int, default=70,
+                      help="slow-readers: messages of 3,000 chars each sender sends each reader")
+    slow.add_argument("--classic-messages", type=int, default=2000,
+                      help="classic-receive: messages sent to the one classic reader")
+    instr = p.add_argument_group("instructions per message under callgrind (users-instructions)")
+    instr.add_argument("--instr-pairs", type=int, default=100)
+    instr.add_argument("--instr-rate", type=float, default=100.0,
+                       help="msgs/s (callgrind runs a process ~50x slower)")
+    instr.add_argument("--instr-duration", type=float, default=10.0, help="seconds per window")
     p.add_argument("--plot", type=Path, default=None, metavar="DIR",
                    help="also write PNG charts (matplotlib) into DIR")
     return p
@@ -140,7 +160,11 @@ def settingsFrom(options: argparse.Namespace, root: Optional[Path]) -> Settings:
         usersStepDuration=options.users_step, usersRefRate=options.users_ref_rate,
         usersArrivals=options.users_arrivals, usersClassic=options.users_classic,
         usersColdRate=options.users_cold_rate,
-        usersColdDuration=options.users_cold_duration, metrics=options.metrics,
+        usersColdDuration=options.users_cold_duration,
+        slowReaders=options.slow_readers, slowSenders=options.slow_senders,
+        slowPerReader=options.slow_per_reader, classicMessages=options.classic_messages,
+        instrPairs=options.instr_pairs, instrRate=options.instr_rate,
+        instrDuration=options.instr_duration, metrics=options.metrics,
         scrapeInterval=options.scrape_interval)
     if options.quick:
         defaults = parser().parse_args([])
@@ -160,7 +184,12 @@ def settingsFrom(options: argparse.Namespace, root: Optional[Path]) -> Settings:
                             "users_rates": "usersRates", "users_step": "usersStepDuration",
                             "users_ref_rate": "usersRefRate",
                             "users_cold_rate": "usersColdRate",
-                            "users_cold_duration": "usersColdDuration"}.get(name, name), value)
+                            "users_cold_duration": "usersColdDuration",
+                            "slow_readers": "slowReaders", "slow_senders": "slowSenders",
+                            "slow_per_reader": "slowPerReader",
+                            "classic_messages": "classicMessages",
+                            "instr_pairs": "instrPairs", "instr_rate": "instrRate",
+                            "instr_duration": "instrDuration"}.get(name, name), value)
 
         for name, value in [("runs", 1), ("pairs", 5), ("rate", 200), ("duration", 1.0),
                             ("warmup", 0.2), ("sat_start", 200), ("sat_max", 400),
@@ -172,7 +201,10 @@ def settingsFrom(options: argparse.Namespace, root: Optional[Path]) -> Settings:
                             ("rtt_count", 10), ("users_pairs", 10),
                             ("users_rates", (100.0, 200.0)), ("users_step", 1.0),
                             ("users_ref_rate", 200.0), ("users_cold_rate", 100.0),
-                            ("users_cold_duration", 1.0)]:
+                            ("users_cold_duration", 1.0), ("slow_readers", 3),
+                            ("slow_senders", 2), ("slow_per_reader", 200),
+                            ("classic_messages", 100), ("instr_pairs", 5),
+                            ("instr_rate", 20.0), ("instr_duration", 1.0)]:
             small(name, value)
         s.loginSerialDuration = 0.5
         s.drainTimeout = 5.0
@@ -200,6 +232,8 @@ def scenarioPlan(names: Sequence[str], settings: Settings, fanoutOn: str
             plan.append((name, lambda: users(settings, cross=True)))
         elif name == "users-coldstart":
             plan.append((name, lambda: usersColdStart(settings)))
+        elif name == "users-instructions":
+            plan.append((name, lambda: usersInstructions(settings)))
         elif name == "chat-local":
             plan.append((name, lambda: chatFixed(settings)))
         elif name == "chat-cross":
@@ -218,6 +252,10 @@ def scenarioPlan(names: Sequence[str], settings: Settings, fanoutOn: str
             plan.append((name, lambda: login(settings)))
         elif name == "connections":
             plan.append((name, lambda: connections(settings)))
+        elif name == "slow-readers":
+            plan.append((name, lambda: slowReaders(settings)))
+        elif name == "classic-receive":
+            plan.append((name, lambda: classicReceive(settings)))
         elif name == "metrics-local":
             plan.append((name, lambda: metricsOverhead(settings)))
         elif name == "metrics-cross":
@@ -252,6 +290,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         dirty = _git(where, "status", "--porcelain", "--", "chat", "twisted", "schema")
         code = {"server code": f"{where} at commit {commit}" +
                 (" with uncommitted changes in chat/" if dirty else "")}
+    if options.reactor:
+        BenchNode.reactor = options.reactor
+        code["reactor"] = options.reactor
     settings = settingsFrom(options, root)
     out = Path(options.out)
     jsonPath = Path(options.json) if options.json else out.with_suffix(".json")

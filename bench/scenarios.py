@@ -83,6 +83,13 @@ class Settings:
     usersClassic: bool = False
     usersColdRate: float = 1000.0
     usersColdDuration: float = 5.0
+    slowReaders: int = 100
+    slowSenders: int = 10
+    slowPerReader: int = 70
+    classicMessages: int = 2000
+    instrPairs: int = 100
+    instrRate: float = 100.0
+    instrDuration: float = 10.0
 
     def public(self) -> dict[str, Any]:
         out = asdict(self)
@@ -554,8 +561,9 @@ def chatFixed(settings: Settings, cross: bool = False, viaHAProxy: bool = False)
             result.deployment = dep.label
             base = relay(owner) if settings.baseline else None
             with _newLoadGen(settings) as lg:
-                pairs = _pairs(lg, settings.pairs, senderAt, recipientAt)
-                basePairs = _pairs(lg, settings.pairs, base.address(), base.address()) if base else None
+                pairs = _pairs(lg, settings.pairs, senderAt, recipientAt, classic=False)
+                basePairs = _pairs(lg, settings.pairs, base.address(), base.address(),
+                                   classic=False) if base else None
                 result.baselineLabel = base.label if base else ""
                 for _ in range(settings.runs):
                     result.runs.append(measureChat(lg, pairs, settings, dep,
@@ -674,7 +682,7 @@ def saturation(settings: Settings, cross: bool = False) -> ScenarioResult:
             dep, senderAt, recipientAt = _deploy(owner, settings, cross)
             result.deployment = dep.label
             with _newLoadGen(settings) as lg:
-                pairs = _pairs(lg, settings.pairs, senderAt, recipientAt)
+                pairs = _pairs(lg, settings.pairs, senderAt, recipientAt, classic=False)
                 for _ in range(settings.runs):
                     result.runs.append(one(lg, pairs, dep, "node"))
                 result.notes.extend(_notes(lg, [dep]))
@@ -682,7 +690,7 @@ def saturation(settings: Settings, cross: bool = False) -> ScenarioResult:
                 base = relay(owner)
                 result.baselineLabel = base.label
                 with _newLoadGen(settings) as lg:
-                    pairs = _pairs(lg, settings.pairs, base.address(), base.address())
+                    pairs = _pairs(lg, settings.pairs, base.address(), base.address(), classic=False)
                     for _ in range(settings.runs):
                         result.baseline.append(one(lg, pairs, base, "relay"))
                     result.notes.extend(_notes(lg, [base]))

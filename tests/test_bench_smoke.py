@@ -76,6 +76,43 @@ class BenchSmokeTests(unittest.SynchronousTestCase):
         fan = results["fanout-10"]["runs"][0]
         self.assertEqual(fan["messages complete"], 3)  # each reached all 9 others
 
+    def test_instructionCounts(self) -> None:
+        """
+        users-instructions reads callgrind_control's per-thread counts
+        (what it printed here for a process with two threads) and sums
+        them; output without a count is an error, not zero.
+        """
+        from bench.instructions import parseInstructions
+        printed = ("PID 30019: python -c import time\n\n  Totals:         Ir \n"
+                   "   Th 1  121,881,796 \n   Th 2       5,004 \n")
+        self.assertEqual(parseInstructions(printed), 121_886_800)
+        self.assertRaises(RuntimeError, parseInstructions, "PID 1: gone\n")
+
+    def test_slowAndClassicReaders(self) -> None:
+        """
+        slow-readers with 3 never-reading recipients each sent 1.2 MB
+        (past --max-output): the node stored what did not fit and every
+        message reached its reader once, in order, once it read; and
+        classic-receive: every message reached the classic reader, none
+        in a read with another.
+        """
+        out = tempDirectory(self) / "report.md"
+        runBench(self, "bench.run", "--quick",
+                 "--scenarios", "slow-readers,classic-receive", "--out", str(out))
+        data = json.loads(out.with_suffix(".json").read_text())
+        results = {r["key"]: r for r in data["results"]}
+        self.assertEqual(set(results), {"slow-readers", "classic-receive"})
+        for key, result in results.items():
+            self.assertIsNone(result["error"], f"{key}: {result['error']}")
+        slow = results["slow-readers"]["runs"][0]
+        self.assertEqual(slow["ACK online"] + slow["ACK offline"], 3 * 400)
+        self.assertGreater(slow["ACK offline"], 0)
+        self.assertEqual((slow["lost"], slow["duplicates"], slow["out of order"],
+                          slow["bystanders lost"]), (0, 0, 0, 0))
+        classic = results["classic-receive"]["runs"][0]
+        self.assertEqual((classic["received"], classic["lost"],
+                          classic["reads with more than one object"]), (100, 0, 0))
+
     def test_manyUsers(self) -> None:
         """
         users-local at two tiny open-loop steps, against a node and the

@@ -48,8 +48,9 @@ class OutputQueueTests(SynchronousTestCase):
         never refused.
         """
         self.output.pauseProducing()
-        self.assertTrue(self.output.offer(b"x" * 60, event("1"), 2))
-        self.assertTrue(self.output.offer(b"y" * 40, event("2"), 2))
+        # each event costs its bytes and its one-character text
+        self.assertTrue(self.output.offer(b"x" * 59, event("1"), 2))
+        self.assertTrue(self.output.offer(b"y" * 39, event("2"), 2))
         self.assertFalse(self.output.offer(b"z", event("3"), 2))
         self.assertTrue(self.output.overflowed)
         self.assertFalse(self.output.offer(b"w", event("4"), 2))
@@ -137,11 +138,23 @@ class OutputQueueTests(SynchronousTestCase):
     def test_forcedOverTheLimit(self) -> None:
         """A drained event, sized by room(), is taken even past the limit."""
         self.output.pauseProducing()
-        self.output.offer(b"x" * 90, event("1"), 2)
+        self.output.offer(b"x" * 89, event("1"), 2)
         self.assertEqual(self.output.room(), 10)
-        self.assertTrue(self.output.offer(b"y" * 50, event("2"), 2,
+        self.assertTrue(self.output.offer(b"y" * 49, event("2"), 2,
                                           force=True))
         self.assertEqual(self.output.queuedBytes, 140)
+
+    def test_eventMemoryCounts(self) -> None:
+        """
+        What an event holds (its text, its cached encodings) counts with
+        the bytes to write: the limit bounds memory, not only the wire.
+        """
+        self.output.pauseProducing()
+        held = event("t" * 30)
+        cost = 20 + 30
+        self.assertTrue(self.output.offer(b"e" * 20, held, 2))
+        self.assertEqual(self.output.queuedBytes, cost)
+        self.assertEqual(self.output.room(), LIMIT - cost)
 
     def test_backlog(self) -> None:
         """A backlog declared refuses live events until readable."""

@@ -111,9 +111,10 @@ class PacedOutputTests(SynchronousTestCase):
         """What waits for its turn is bounded like any output."""
         output = OutputQueue(RecordingTransport(), self.clock, limit=10)
         output.pace()
-        self.assertTrue(output.offer(b"12345", event("1"), 2))  # written
-        self.assertTrue(output.offer(b"12345", event("2"), 2))  # waits
-        self.assertTrue(output.offer(b"12345", event("3"), 2))  # waits
+        # each costs its bytes and its one-character text
+        self.assertTrue(output.offer(b"1234", event("1"), 2))  # written
+        self.assertTrue(output.offer(b"1234", event("2"), 2))  # waits
+        self.assertTrue(output.offer(b"1234", event("3"), 2))  # waits
         self.assertFalse(output.offer(b"1", event("4"), 2))
         self.assertTrue(output.overflowed)
 

@@ -180,6 +180,15 @@ class ChatEvent:
                 })
         return self._json
 
+    def heldBytes(self) -> int:
+        """
+        About how much memory the event itself holds: its text and the
+        encodings it keeps.  A queue that bounds its memory counts this
+        besides the bytes it writes, which are one copy more.
+        """
+        return (len(self.text) + len(self._json or b"")
+                + len(self._textLine or b""))
+
     def toTextLine(self) -> bytes:
         """
         The text dialect's event line, with its CRLF.

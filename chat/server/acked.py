@@ -103,6 +103,11 @@ class AckTracker(Generic[_T]):
         while pending and pending[0][0] <= acked:
             pending.popleft()
 
+    def unacknowledgedBytes(self) -> int:
+        """How many bytes written the peer has not acknowledged (now)."""
+        self.settle()
+        return self._written - self._acked
+
     def allAcked(self) -> bool:
         """Whether the peer has acknowledged everything written (as of
         the last L{settle})."""

@@ -15,7 +15,11 @@ what is refused, and pushes it back when told the backlog is readable.
 A queue that stays over the limit for the stall timeout gives up on its
 client.  What was written but not yet acknowledged by the client's TCP
 stack is tracked too (L{chat.server.acked}), so that a connection that
-dies hands back every event its client did not get.
+dies hands back every event its client did not get; it counts toward the
+limit, and the socket's send buffer is fixed at a fraction of it
+(L{SEND_BUFFER_SHARE}), since the kernel's autotuning would otherwise let
+it grow to megabytes per connection (on loopback at once) and hold that
+much unacknowledged, and so tracked, for a client that does not read.
 
 This module owns the bytes on their way out and the events among them;
 it never decides what happens to a refused event (the router does) and
@@ -24,6 +28,7 @@ never reads from the connection.
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from typing import Callable, Optional, Sequence
 
@@ -41,9 +46,18 @@ Owned = tuple[int, ChatEvent]
 """An event and the user it was delivered to (a connection may log out
 and in as another user while events wait)."""
 DEFAULT_STALL_TIMEOUT = 120.0
+SEND_BUFFER_SHARE = 8
+"""The socket's SO_SNDBUF is the limit divided by this (the kernel doubles
+it for its own bookkeeping): a quarter of the limit at most in the kernel."""
+MIN_SEND_BUFFER = 16 << 10
 CLOSE_POLL_SECONDS = 0.01
 """How often a closing connection looks whether its client has
 acknowledged everything."""
+
+
+def _cost(data: bytes, event: Optional[ChatEvent]) -> int:
+    """What an item costs the queue: its bytes, and its event's."""
+    return len(data) + (event.heldBytes() if event is not None else 0)
 
 
 @implementer(IPushProducer)
@@ -51,7 +65,10 @@ class OutputQueue:
     """
     The output of one connection.
 
-    @ivar queuedBytes: what waits here, in bytes.
+    @ivar queuedBytes: what waits here, in bytes of memory: what is to be
+        written, and for an event also what the event holds (its text and
+        encodings), so that the limit bounds the memory a connection
+        costs, not only its bytes on the wire.
     @ivar overflowed: whether events are being refused (a backlog exists
         in the offline store).
     """
@@ -67,7 +84,7 @@ class OutputQueue:
         self._stallTimeout = stallTimeout
         self._readable = readable
         self._stalled = stalled
-        self._items: deque[tuple[bytes, Optional[Owned]]] = deque()
+        self._items: deque[tuple[bytes, Optional[Owned], int]] = deque()
         self.queuedBytes = 0
         self.overflowed = False
         self._paused = False
@@ -76,6 +93,10 @@ class OutputQueue:
         self._stopped = False
         self._stallTimer: Optional[IDelayedCall] = None
         self._socket = plainSocket(transport)
+        if self._socket is not None:
+            self._socket.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF,
+                max(MIN_SEND_BUFFER, limit // SEND_BUFFER_SHARE))
         self._acks: Optional[AckTracker[Owned]] = AckTracker.forSocket(
             self._socket)
         self._pacer: Optional[Pacer] = None
@@ -136,15 +157,16 @@ class OutputQueue:
         if self._open():
             self._send(data, (userId, event))
             return True
-        if not force and self.queuedBytes + len(data) > self._limit:
+        if not force and self._waiting() + _cost(data, event) > self._limit:
             self.backlog()
             return False
         self._queue(data, (userId, event))
         return True
 
     def _queue(self, data: bytes, owned: Optional[Owned]) -> None:
-        self._items.append((data, owned))
-        self.queuedBytes += len(data)
+        cost = _cost(data, owned[1] if owned else None)
+        self._items.append((data, owned, cost))
+        self.queuedBytes += cost
         if self._pacer is not None and not (self._paused or self._holding):
             self._pacer.wait()  # it was only the pacing that held it
 
@@ -154,7 +176,14 @@ class OutputQueue:
             return 0
         if self._open():
             return self._limit
-        return max(0, self._limit - self.queuedBytes)
+        return max(0, self._limit - self._waiting())
+
+    def _waiting(self) -> int:
+        """The bytes that wait for the client: queued here, or written and
+        not acknowledged."""
+        unacknowledged = 0 if self._acks is None else \
+            self._acks.unacknowledgedBytes()
+        return self.queuedBytes + unacknowledged
 
     def backlog(self) -> None:
         """
@@ -219,10 +248,11 @@ class OutputQueue:
         """
         self._holding = False
         for data, owned in reversed(then):
-            self._items.appendleft((data, owned))
-            self.queuedBytes += len(data)
+            cost = _cost(data, owned[1])
+            self._items.appendleft((data, owned, cost))
+            self.queuedBytes += cost
         if first is not None:
-            self._items.appendleft((first, None))
+            self._items.appendleft((first, None, len(first)))
             self.queuedBytes += len(first)
         self._flush()
 
@@ -233,8 +263,8 @@ class OutputQueue:
             if pacer is not None and not pacer.ready():
                 pacer.wait()
                 break
-            data, owned = items.popleft()
-            self.queuedBytes -= len(data)
+            data, owned, cost = items.popleft()
+            self.queuedBytes -= cost
             # May pause this producer at once, when the transport's buffer
             # passes its size.
             self._send(data, owned)
@@ -274,11 +304,11 @@ class OutputQueue:
         longer to be written (their session ended: they are to be
         stored).  Replies stay.
         """
-        events = [owned for _, owned in self._items if owned is not None]
+        events = [owned for _, owned, _ in self._items if owned is not None]
         if events:
             self._items = deque(
-                (data, None) for data, owned in self._items if owned is None)
-            self.queuedBytes = sum(len(data) for data, _ in self._items)
+                item for item in self._items if item[1] is None)
+            self.queuedBytes = sum(cost for _, _, cost in self._items)
         return events
 
     def close(self, last: Optional[bytes] = None) -> None:
