@@ -28,7 +28,7 @@ import time
 import uuid
 from typing import Any, Optional
 
-from tests.harness import LineClient
+from tests.harness import LineClient, collectChats
 
 from .deploy import Owner, readRSS, singleNode
 from .scenarios import (
@@ -123,22 +123,6 @@ class _RSSWatch(threading.Thread):
         return self.peak
 
 
-def _collect(client: LineClient, texts: list[str], expected: int,
-             quiet: float) -> None:
-    """Chat texts from C{client} until C{expected}, or C{quiet} s of silence."""
-    last = time.monotonic()
-    while len(texts) < expected and time.monotonic() - last < quiet:
-        try:
-            event = client.readJSON(0.5)
-        except AssertionError:
-            if client.closed:
-                return
-            continue
-        if event.get("msgid") == 6:
-            texts.append(event["msg"])
-            last = time.monotonic()
-
-
 def _readEverything(reader: LineClient, userId: int, address: tuple[str, int],
                     expected: int) -> tuple[list[str], int]:
     """
@@ -146,7 +130,7 @@ def _readEverything(reader: LineClient, userId: int, address: tuple[str, int],
     what its next login brings (stored ones); also how many came at login.
     """
     texts: list[str] = []
-    _collect(reader, texts, expected, quiet=10)
+    collectChats(reader, texts, lambda: len(texts) >= expected, quiet=10, timeout=600)
     reader.sendJSON({"msgid": 3})
     reader.close()
     again = LineClient(*address, timeout=60)
@@ -154,7 +138,7 @@ def _readEverything(reader: LineClient, userId: int, address: tuple[str, int],
         reply = again.request({"msgid": 1, "id": userId, "password": PASSWORD})
         stored = [json.loads(s)["msg"] for s in reply.get("offlinemsg", [])]
         texts.extend(stored)
-        _collect(again, texts, expected, quiet=5)
+        collectChats(again, texts, lambda: len(texts) >= expected, quiet=5, timeout=600)
     finally:
         again.close()
     return texts, len(stored)

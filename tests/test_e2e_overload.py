@@ -12,11 +12,10 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Optional
 
 from twisted.trial import unittest
 
-from tests.harness import ChatNode, LineClient
+from tests.harness import ChatNode, LineClient, collectChats
 from tests.test_e2e_cluster import (
     jsonLogin, jsonRegister, jsonRegisterLogin, offlineEvents,
 )
@@ -116,27 +115,6 @@ def flood(clients: list[LineClient], toIds: list[int],
     return deliveries
 
 
-def collect(client: LineClient, texts: list[str],
-            done: Callable[[], bool], quiet: float, timeout: float) -> None:
-    """
-    Read chat events into C{texts} until C{done()}, or nothing arrived for
-    C{quiet} seconds, or C{timeout}.
-    """
-    deadline = time.monotonic() + timeout
-    lastArrival = time.monotonic()
-    while not done() and time.monotonic() < deadline and \
-            time.monotonic() - lastArrival < quiet:
-        try:
-            event = client.readJSON(0.5)
-        except AssertionError:
-            if client.closed:
-                return
-            continue
-        if event.get("msgid") == 6:
-            texts.append(event["msg"])
-            lastArrival = time.monotonic()
-
-
 class SlowReaderTests(unittest.SynchronousTestCase):
     """
     A recipient with a 4 KiB receive buffer that never reads, sent 40,000
@@ -191,7 +169,7 @@ class SlowReaderTests(unittest.SynchronousTestCase):
         client = self.node.client(timeout=30)
         reply = jsonLogin(self, client, self.recipientId)
         texts.extend(e["msg"] for e in offlineEvents(reply))
-        collect(client, texts, lambda: len(texts) >= SENDERS * PER_SENDER,
+        collectChats(client, texts, lambda: len(texts) >= SENDERS * PER_SENDER,
                 quiet=10, timeout=120)
 
     def test_readsLater(self) -> None:
@@ -201,7 +179,7 @@ class SlowReaderTests(unittest.SynchronousTestCase):
         """
         self.floodWatched()
         texts: list[str] = []
-        collect(self.recipient, texts,
+        collectChats(self.recipient, texts,
                 lambda: len(texts) >= SENDERS * PER_SENDER, quiet=5,
                 timeout=180)
         self.recipient.sendJSON({"msgid": 3})

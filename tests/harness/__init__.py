@@ -22,7 +22,7 @@ kernel when the test process dies (PR_SET_PDEATHSIG).
 """
 
 from .chatnode import ChatNode
-from .client import LineClient, proxyV2Header
+from .client import LineClient, collectChats, proxyV2Header
 from .haproxy import HAPROXY_CFG, HAProxy, renderHAProxyConfig
 from .mariadb import OwnMariaDB, SharedMariaDBDatabase
 from .process import ROOT, freePort, requireProgram
@@ -30,6 +30,6 @@ from .redisserver import RedisError, RedisServer
 
 __all__ = [
     "ChatNode", "HAProxy", "HAPROXY_CFG", "LineClient", "OwnMariaDB", "RedisError",
-    "RedisServer", "ROOT", "SharedMariaDBDatabase", "freePort", "proxyV2Header",
+    "RedisServer", "ROOT", "SharedMariaDBDatabase", "collectChats", "freePort", "proxyV2Header",
     "renderHAProxyConfig", "requireProgram",
 ]

@@ -6,7 +6,7 @@ import json
 import socket
 import struct
 import time
-from typing import Any
+from typing import Any, Callable
 
 
 def proxyV2Header(source: tuple[str, int] | None, destination: tuple[str, int] | None = None) -> bytes:
@@ -147,3 +147,25 @@ class LineClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def collectChats(client: LineClient, texts: list[str], done: Callable[[], bool],
+                 quiet: float, timeout: float) -> None:
+    """
+    Read a JSON client's chat events (msgid 6) into C{texts} until
+    C{done()}, or nothing arrived for C{quiet} seconds, or C{timeout}, or
+    the server closed the connection.
+    """
+    deadline = time.monotonic() + timeout
+    lastArrival = time.monotonic()
+    while not done() and time.monotonic() < deadline and \
+            time.monotonic() - lastArrival < quiet:
+        try:
+            event = client.readJSON(0.5)
+        except AssertionError:
+            if client.closed:
+                return
+            continue
+        if event.get("msgid") == 6:
+            texts.append(event["msg"])
+            lastArrival = time.monotonic()
