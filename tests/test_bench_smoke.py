@@ -93,8 +93,8 @@ class BenchSmokeTests(unittest.SynchronousTestCase):
         slow-readers with 3 never-reading recipients each sent 1.2 MB
         (past --max-output): the node stored what did not fit and every
         message reached its reader once, in order, once it read; and
-        classic-receive: every message reached the classic reader, none
-        in a read with another.
+        classic-receive: every message reached the classic reader, at
+        most two in a read with another.
         """
         out = tempDirectory(self) / "report.md"
         runBench(self, "bench.run", "--quick",
@@ -110,8 +110,10 @@ class BenchSmokeTests(unittest.SynchronousTestCase):
         self.assertEqual((slow["lost"], slow["duplicates"], slow["out of order"],
                           slow["bystanders lost"]), (0, 0, 0, 0))
         classic = results["classic-receive"]["runs"][0]
-        self.assertEqual((classic["received"], classic["lost"],
-                          classic["reads with more than one object"]), (100, 0, 0))
+        self.assertEqual((classic["received"], classic["lost"]), (100, 0))
+        # Pacing is best effort (PROTOCOL.md 7): the bound of the classic
+        # end-to-end test, at most 2 merged reads.
+        self.assertLessEqual(classic["reads with more than one object"], 2)
 
     def test_manyUsers(self) -> None:
         """
