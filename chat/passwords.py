@@ -1,64 +1,172 @@
 """
-Password hashing with argon2id, always off the reactor thread.
+Password hashing with argon2id, off the reactor thread and bounded.
 
 A slow, salted, memory-hard hash is the point: it takes tens of
 milliseconds of CPU, which would stall every connection if run on the
-reactor, so each hash and check runs in the reactor's thread pool.  This
-module owns the hash and its cost; it never sees an account.
+reactor.  So each hash and check runs on a thread of this module's own
+pool, at most one per core at once, at a lower CPU priority than the
+reactor: a burst of logins then waits for the hash instead of starving
+the reactor (before this bound, 5,000 logins at once at the default cost
+kept the reactor from renewing the node's lease, and 4,829 of them were
+answered 107).  How many may wait is bounded too (PROTOCOL.md 6: at most
+C{--max-pending-logins}, and each answered within 30 s): beyond the bound
+a request is refused with L{ServerBusy} at once, and one that waited
+L{WAIT_LIMIT} seconds for a thread is refused so.  This module owns the
+hash, its cost and those bounds; it never sees an account.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, TypeVar
+import os
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThread
+from twisted.internet.defer import CancelledError, DeferredSemaphore
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from chat.core.errors import RateLimited
 
 _T = TypeVar("_T")
 DEFAULT_TIME_COST = 3
 DEFAULT_MEMORY_KIB = 65536
+DEFAULT_MAX_PENDING = 128
+"""C{--max-pending-logins}."""
+WAIT_LIMIT = 20.0
+"""Seconds a request may wait for a hashing thread before it is refused:
+with the database's share, every login is answered within 30 s."""
+NICENESS = 5
+"""How much lower than the reactor's the hashing threads' priority is."""
+
+
+class ServerBusy(RateLimited):
+    """Too many logins wait for a password check (PROTOCOL.md 6)."""
+
+    def __init__(self) -> None:
+        super().__init__("server busy; retry later")
+
+
+class _HashingThreads(ThreadPool):
+    """
+    A pool of daemon threads at a lower priority: a pool nobody stopped
+    (a test's) must not keep the process from exiting, and a hash must
+    never take the CPU from the reactor.
+    """
+
+    def threadFactory(self, *args: Any, **kwargs: Any) -> threading.Thread:  # type: ignore[override] # ThreadPool calls it like the Thread class it defaults to
+        return threading.Thread(*args, daemon=True, **kwargs)
+
+
+_lowered = threading.local()
+
+
+def _atLowPriority(work: Callable[..., _T], *args: Any) -> _T:
+    """Run C{work} after lowering this thread's priority, once per
+    thread (Linux schedules threads one by one; elsewhere it is a no-op)."""
+    if not getattr(_lowered, "done", False):
+        _lowered.done = True
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                           os.getpriority(os.PRIO_PROCESS, 0) + NICENESS)
+        except (AttributeError, OSError):
+            pass
+    return work(*args)
 
 
 class Passwords:
     """
     Hashes and checks passwords at a configurable cost (tests and
     benchmarks lower it; production keeps argon2-cffi's defaults).
+
+    @ivar waiting: hashes and checks admitted and not yet done (waiting
+        for, or running on, a thread).
     """
 
     def __init__(self, timeCost: int = DEFAULT_TIME_COST,
-                 memoryKiB: int = DEFAULT_MEMORY_KIB) -> None:
+                 memoryKiB: int = DEFAULT_MEMORY_KIB,
+                 maxPending: int = DEFAULT_MAX_PENDING,
+                 threads: Optional[int] = None,
+                 reactor: Optional[IReactorTime] = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        assert reactor is not None
+        self._reactor = reactor
         self._hasher = PasswordHasher(
             time_cost=timeCost, memory_cost=memoryKiB, parallelism=1)
         self._unknown = self._hasher.hash("no account has this password")
+        self._maxPending = maxPending
+        count = threads or os.cpu_count() or 1
+        self._threads = _HashingThreads(0, count, "passwords")
+        self._slots = DeferredSemaphore(count)
+        self._started = False
         self.waiting = 0
-        """Hashes and checks waiting for, or running on, a thread."""
 
-    def _offThread(self, work: Callable[..., _T], *args: Any) -> Deferred[_T]:
-        self.waiting += 1
-
-        def done(result: Any) -> Any:
-            self.waiting -= 1
-            return result
-
-        d: Deferred[_T] = deferToThread(work, *args)
-        return d.addBoth(done)
-
-    def hash(self, password: str) -> Deferred[str]:
-        """Fires with the encoded hash (salt and parameters included)."""
-        return self._offThread(self._hasher.hash, password)
-
-    def verify(self, encoded: Optional[str], password: str) -> Deferred[bool]:
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
         """
-        Fires with whether C{password} matches C{encoded}.  With no
-        C{encoded} (no such account) it checks against a stand-in hash and
-        fires with C{False}, taking as long as a real check.
+        Count the request run inside as one that waits for a password
+        check (a login from its lookup to its answer), or refuse it.
+
+        @raise ServerBusy: C{maxPending} requests wait already.
+        """
+        if self.waiting >= self._maxPending:
+            raise ServerBusy()
+        self.waiting += 1
+        try:
+            yield
+        finally:
+            self.waiting -= 1
+
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._threads.start()
+            reactor = self._reactor
+            if IReactorThreads.providedBy(reactor):
+                reactor.addSystemEventTrigger(  # type: ignore[attr-defined] # every threaded reactor has it
+                    "during", "shutdown", self._threads.stop)
+
+    async def _offThread(self, work: Callable[..., _T], *args: Any) -> _T:
+        """
+        C{work(*args)} on a hashing thread, once one is free.
+
+        @raise ServerBusy: no thread was free within L{WAIT_LIMIT} s.
+        """
+        self._start()
+        slot = self._slots.acquire().addTimeout(WAIT_LIMIT, self._reactor)
+        try:
+            await slot
+        except CancelledError:
+            raise ServerBusy()
+        try:
+            return await deferToThreadPool(
+                self._reactor, self._threads,  # type: ignore[arg-type] # every reactor here provides IReactorFromThreads
+                _atLowPriority, work, *args)
+        finally:
+            self._slots.release()
+
+    async def hash(self, password: str) -> str:
+        """
+        The encoded hash (salt and parameters included).  Call it inside
+        L{admitted}.
+        """
+        return await self._offThread(self._hasher.hash, password)
+
+    async def verify(self, encoded: Optional[str], password: str) -> bool:
+        """
+        Whether C{password} matches C{encoded}.  With no C{encoded} (no
+        such account) it checks against a stand-in hash and returns
+        C{False}, taking as long as a real check.  Call it inside
+        L{admitted}.
         """
         if encoded is None:
-            return self._offThread(self._check, self._unknown, password
-                                   ).addCallback(lambda _: False)
-        return self._offThread(self._check, encoded, password)
+            await self._offThread(self._check, self._unknown, password)
+            return False
+        return await self._offThread(self._check, encoded, password)
 
     def _check(self, encoded: str, password: str) -> bool:
         try:

@@ -27,14 +27,24 @@ from twisted.python import usage
 from chat.cluster.bus import IMessageBus
 from chat.cluster.localbus import LocalBus
 from chat.cluster.presence import DEFAULT_LEASE_SECONDS, Lease, Presence
+from chat.limits import (
+    DEFAULT_CHAT_BURST, DEFAULT_CHAT_RATE, DEFAULT_TRUSTED_NETS,
+    ILimitCounters, MemoryCounters, RedisCounters, TrustedNets,
+    parseTrustedNets,
+)
 from chat.listening import listenNow
 from chat.logs import logFailure, setNode
 from chat.ops.counters import Counters, NoCounters
 from chat.ops.drain import DEFAULT_DRAIN_GRACE, DEFAULT_DRAIN_RATE, Drain
 from chat.ops.orders import OrderPoller
-from chat.passwords import DEFAULT_MEMORY_KIB, DEFAULT_TIME_COST, Passwords
+from chat.passwords import (
+    DEFAULT_MAX_PENDING, DEFAULT_MEMORY_KIB, DEFAULT_TIME_COST, Passwords,
+)
+from chat.server.admission import Admission, SharedCounters
 from chat.server.output import DEFAULT_MAX_OUTPUT, DEFAULT_STALL_TIMEOUT
-from chat.server.protocol import ChatFactory, ConnectionLimits
+from chat.server.protocol import (
+    DEFAULT_LOGIN_TIMEOUT, ChatFactory, ConnectionLimits,
+)
 from chat.server.service import ChatService
 from chat.server.session import IChatService
 from chat.storage.pool import BadDatabaseURL, openDatabase
@@ -109,6 +119,21 @@ class Options(usage.Options):
         ["password-memory", None, DEFAULT_MEMORY_KIB,
          "argon2id memory cost, in KiB (at least 8).",
          _positive("password-memory")],
+        ["max-pending-logins", None, DEFAULT_MAX_PENDING,
+         "Most logins waiting for a password check at once; more are "
+         "answered errno 106 (busy).", _positive("max-pending-logins")],
+        ["login-timeout", None, DEFAULT_LOGIN_TIMEOUT,
+         "Seconds a connection may stay without a login before it is "
+         "closed.", _positive("login-timeout", float)],
+        ["chat-rate", None, DEFAULT_CHAT_RATE,
+         "Chat messages a second per session (0: no limit).",
+         _nonNegative("chat-rate")],
+        ["chat-burst", None, DEFAULT_CHAT_BURST,
+         "Most chat messages a session may send at once.",
+         _positive("chat-burst")],
+        ["trusted-net", None, DEFAULT_TRUSTED_NETS,
+         "Comma-separated networks exempt from the per-address limits "
+         "(an empty value trusts none)."],
         ["lease", None, DEFAULT_LEASE_SECONDS,
          "Seconds after which a silent node's sessions may be taken over.",
          _positive("lease", float)],
@@ -138,6 +163,10 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["password-memory"] < 8:
             raise usage.UsageError("--password-memory must be at least 8")
+        try:
+            parseTrustedNets(self["trusted-net"])
+        except ValueError as e:
+            raise usage.UsageError(f"bad --trusted-net: {e}")
         try:
             serverFromString(_reactor, self["port"])
         except (ValueError, TypeError, KeyError) as e:
@@ -237,12 +266,19 @@ class ChatListener(Service):
         return DeferredList([stopped, settled], consumeErrors=True)
 
 
-def makeBus(options: Options) -> IMessageBus:
+def makeBus(options: Options) -> tuple[IMessageBus, ILimitCounters]:
+    """
+    The message bus, and the counters of the rate limits: in Redis when
+    the node is in a cluster, so that every node sees the same counts
+    (PROTOCOL.md 6), falling back to this node's own while Redis fails.
+    """
+    local = MemoryCounters(_reactor)
     if options["redis"] is None:
-        return LocalBus()
+        return LocalBus(), local
     from chat.cluster.redisbus import RedisBus  # txredisapi only when used
 
-    return RedisBus.fromURL(options["redis"], _reactor)
+    bus = RedisBus.fromURL(options["redis"], _reactor)
+    return bus, SharedCounters(RedisCounters(bus.commands), local, _reactor)
 
 
 def makeService(options: Options) -> IService:
@@ -261,14 +297,20 @@ def makeService(options: Options) -> IService:
     except Exception as e:
         raise SystemExit(
             f"chat: cannot use the database {options['db']}: {e}")
-    bus = makeBus(options)
+    bus, limitCounters = makeBus(options)
+    admission = Admission(
+        limitCounters, TrustedNets.fromString(options["trusted-net"]),
+        _reactor, options["chat-rate"], options["chat-burst"], counters)
     passwords = Passwords(options["password-time"],
-                          options["password-memory"])
+                          options["password-memory"],
+                          options["max-pending-logins"])
     lease = Lease(options["lease"])
     chat = ChatService(store, bus, passwords, options["node-id"], lease,
-                       counters=counters)
+                       counters=counters,
+                       admission=admission)
     limits = ConnectionLimits(options["max-line"], options["max-output"],
-                              options["stall-timeout"])
+                              options["stall-timeout"],
+                              options["login-timeout"])
     presence = Presence(store, options["node-id"], lease, chat.sessions,
                         _reactor)
     drain = Drain(chat.sessions, _reactor, options["drain-rate"],

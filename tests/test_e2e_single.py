@@ -845,12 +845,14 @@ class SingleNodeTests:
         self.assertServing()
 
     def test_impersonation(self) -> None:
-        """An C{id} that is not the logged-in user's: 103, classic or not."""
+        """An C{id} that is not the logged-in user's: 103, classic or not
+        (unless the request is also to yourself: 100 comes first)."""
         alice, aliceId = self.jsonUser("alice")
         bob, bobId = self.jsonUser("bob")
         groupId = bob.request({"msgid": 8, "groupname": "g"})["groupid"]
+        self.assertJSONError(alice.request(
+            {"msgid": 6, "id": bobId, "toid": aliceId, "msg": "hi"}), 6, 100)
         for request in [{"msgid": 6, "id": bobId, "toid": bobId, "msg": "hi"},
-                        {"msgid": 6, "id": bobId, "toid": aliceId, "msg": "hi"},
                         {"msgid": 7, "id": bobId, "friendid": bobId},
                         {"msgid": 8, "id": bobId, "groupname": "mine"},
                         {"msgid": 9, "id": bobId, "groupid": groupId},

@@ -54,6 +54,7 @@ class FakeSession:
         self.userId: Optional[int] = None
         self.userName: Optional[str] = None
         self.peer = peer
+        self.address = peer.rpartition(":")[0]
         self.events: list[ChatEvent] = []
         self.notices: list[str] = []
         self.disconnected: list[str] = []

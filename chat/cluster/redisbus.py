@@ -146,6 +146,15 @@ class RedisBus(Service):
         return cls(parts.hostname or "127.0.0.1", parts.port or 6379, dbid,
                    reactor)
 
+    @property
+    def commands(self) -> RedisClient:
+        """
+        Where other parts send their own commands (the rate limits'
+        counters): the publisher's connection, which is up whenever the
+        bus can publish.
+        """
+        return self._publisher
+
     def setReceiver(self, receiver: IBusReceiver) -> None:
         self._receiver = receiver
 

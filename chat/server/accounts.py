@@ -1,11 +1,12 @@
 """
 Accounts and logins: register, log in, log out.
 
-A login checks the password (off the reactor thread), claims the session
-through the registry, and only then takes the offline messages, so that
-every message for the user reaches the new session or the store.  This
-module owns those steps and their order; it never touches a connection
-and never routes a message.
+A login is admitted among the bounded password checks, refused while its
+account or address is locked after failures, checks the password (off the
+reactor thread), claims the session through the registry, and only then
+takes the offline messages, so that every message for the user reaches
+the new session or the store.  This module owns those steps and their
+order; it never touches a connection and never routes a message.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from chat.core.messages import (
     LoggedIn, LoggedOut, Login, Logout, Register, Registered,
 )
 from chat.passwords import Passwords
+from chat.server.admission import Admission
 from chat.server.routing import Router
 from chat.server.session import ISession
 from chat.server.sessions import SessionRegistry
@@ -29,8 +31,9 @@ class Accounts:
 
     def __init__(self, store: Store, passwords: Passwords,
                  sessions: SessionRegistry, router: Router,
-                 directory: Directory) -> None:
+                 directory: Directory, admission: Admission) -> None:
         self._store = store
+        self._admission = admission
         self._passwords = passwords
         self._sessions = sessions
         self._router = router
@@ -38,7 +41,9 @@ class Accounts:
 
     async def register(self, session: ISession,
                        request: Register) -> Registered:
-        encoded = await self._passwords.hash(request.password)
+        await self._admission.register(session)
+        with self._admission.checkingPassword(self._passwords):
+            encoded = await self._passwords.hash(request.password)
         userId = await self._store.createUser(request.name, encoded)
         self._directory.remember(userId, request.name)
         self._log.info("{peer}: registered {userName} (id {userId})",
@@ -49,12 +54,15 @@ class Accounts:
     async def login(self, session: ISession, request: Login) -> LoggedIn:
         if session.userId is not None:
             raise AlreadyLoggedIn("this connection is already logged in")
-        user = await self._directory.account(request.user)
-        # An unknown account costs a hash check too, so that the answer's
-        # timing does not tell which accounts exist.
-        matches = await self._passwords.verify(
-            user.passwordHash if user is not None else None,
-            request.password)
+        with self._admission.checkingPassword(self._passwords):
+            user = await self._directory.account(request.user)
+            # An unknown account costs a hash check too, so that the
+            # answer's timing does not tell which accounts exist.
+            matches = await self._admission.login(
+                session, str(user.id if user is not None else request.user),
+                lambda: self._passwords.verify(
+                    user.passwordHash if user is not None else None,
+                    request.password))
         if user is None or not matches:
             raise WrongCredentials("wrong id or password")
         if user.id in self._sessions:

@@ -64,15 +64,14 @@ class Messaging:
     def chat(self, session: ISession,
              request: Chat) -> Union[ChatSent, Deferred[ChatSent]]:
         userId = self._directory.knownId(request.to)
-        if userId is not None and userId != session.userId:
+        if userId is not None:
             event = self._event(session, request.text, toId=userId)
             return self._chatRouted(self._router.route(((userId, None),),
                                                        event))
         return ensureDeferred(self._chatLookedUp(session, request))
 
     async def _chatLookedUp(self, session: ISession, request: Chat) -> ChatSent:
-        me, _ = identity(session)
-        userId, _, online = await self._directory.other(me, request.to)
+        userId, _, online = await self._directory.other(request.to)
         event = self._event(session, request.text, toId=userId)
         routed = self._chatRouted(self._router.route(((userId, online),),
                                                      event))

@@ -28,7 +28,8 @@ from zope.interface import implementer
 
 from chat.core.errors import ChatError, LineTooLong, Unavailable
 from chat.core.messages import (
-    Bye, ChatEvent, Help, HelpText, LoggedIn, Login, Quit, Reply, Request,
+    Bye, ChatEvent, Help, HelpText, LoggedIn, LoggedOut, Login, Quit, Reply,
+    Request,
 )
 from chat.logs import logFailure
 from chat.server.output import (
@@ -43,6 +44,9 @@ from chat.wire.textdialect import TEXT
 _BLANK = b" \t"
 _PAUSE_AT = 64
 """Queued requests at which the connection stops reading, for backpressure."""
+DEFAULT_LOGIN_TIMEOUT = 60.0
+"""C{--login-timeout}."""
+LOGIN_TIMEOUT_NOTICE = "login timeout"
 CLOSE_SECONDS = 10.0
 """How long a closing connection may take to read what it was sent last
 (a notice, a reply) before it is dropped."""
@@ -60,11 +64,14 @@ class ConnectionLimits:
     @ivar maxLine: the longest client message, in bytes.
     @ivar maxOutput: the most bytes of events waiting to be written.
     @ivar stallTimeout: how long a connection may stay over C{maxOutput}.
+    @ivar loginTimeout: how long a connection may stay without a login
+        (from its connect or its logout).
     """
 
     maxLine: int = 65536
     maxOutput: int = DEFAULT_MAX_OUTPUT
     stallTimeout: float = DEFAULT_STALL_TIMEOUT
+    loginTimeout: float = DEFAULT_LOGIN_TIMEOUT
 
 
 def chooseDialect(firstMessage: bytes, endedInNUL: bool) -> IDialect:
@@ -105,6 +112,8 @@ class ChatProtocol(Protocol):
         self._closing = False
         self._loggingIn = False
         self._closeTimer: Optional[IDelayedCall] = None
+        self._loginTimer: Optional[IDelayedCall] = None
+        self._loginOverdue = False
 
     def _transport(self) -> ITransport:
         transport = self.transport
@@ -127,6 +136,13 @@ class ChatProtocol(Protocol):
             f"{getattr(address, 'port', '')}"
 
     @property
+    def address(self) -> str:
+        """The client's IP address (see L{peer}); a UNIX socket's path."""
+        address = self._transport().getPeer()
+        return str(getattr(address, "host", None) or
+                   getattr(address, "name", None) or address)
+
+    @property
     def dialect(self) -> Optional[IDialect]:
         """The connection's dialect, once its first message arrived."""
         return self._dialect
@@ -145,13 +161,15 @@ class ChatProtocol(Protocol):
             self._limits.stallTimeout, readable=self._backlogReadable,
             stalled=self._stalled)
         self._connections.add(self)
+        self._awaitLogin()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connections.discard(self)
         self._closing = True
         self._queue.clear()
-        if self._closeTimer is not None and self._closeTimer.active():
-            self._closeTimer.cancel()
+        for timer in (self._closeTimer, self._loginTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
         if not self._loggingIn:
             # (A login in flight stores them with its offline messages,
             # which are older: see _loginAbandoned.)
@@ -197,6 +215,38 @@ class ChatProtocol(Protocol):
 
     def _abort(self) -> None:
         self._transport().abortConnection()  # type: ignore[attr-defined] # TCP transports provide it
+
+    def _awaitLogin(self) -> None:
+        """
+        Not logged in from now on: close the connection if it stays so
+        for the login timeout (PROTOCOL.md 6), whatever it sends meanwhile
+        (failed logins included).
+        """
+        self._loggedIn()
+        self._loginTimer = self._clock.callLater(
+            self._limits.loginTimeout, self._loginTimedOut)
+
+    def _loggedIn(self) -> None:
+        if self._loginTimer is not None and self._loginTimer.active():
+            self._loginTimer.cancel()
+        self._loginTimer = None
+        self._loginOverdue = False
+
+    def _loginTimedOut(self) -> None:
+        """
+        The login timeout has passed; a login being answered decides
+        (L{_loginFailed}).
+        """
+        self._loginTimer = None
+        if self._loggingIn:
+            self._loginOverdue = True
+        else:
+            self._closeForLogin()
+
+    def _closeForLogin(self) -> None:
+        self._log.info("{peer}: not logged in for {s} s; closing",
+                       peer=self.peer, s=self._limits.loginTimeout)
+        self.disconnect(LOGIN_TIMEOUT_NOTICE)
 
     def _backlogReadable(self) -> None:
         if not self._closing:
@@ -335,6 +385,8 @@ class ChatProtocol(Protocol):
         if isinstance(reply, LoggedIn):
             self._answerLogin(request, reply)
             return
+        if isinstance(reply, LoggedOut):
+            self._awaitLogin()
         self._answer(self._spoken().encodeReply(request, reply))
 
     def _answerLogin(self, request: Request, reply: LoggedIn) -> None:
@@ -346,6 +398,7 @@ class ChatProtocol(Protocol):
         dialect = self._spoken()
         fitted, rest = dialect.fitLogin(reply)
         self._loggingIn = False
+        self._loggedIn()
         self._out().release(dialect.encodeReply(request, fitted), [
             (dialect.encodeEvent(e), (reply.userId, e)) for e in rest])
         self._log.info("{peer}: {userName} (id {userId}) logged in",
@@ -368,6 +421,8 @@ class ChatProtocol(Protocol):
                 self._storeQueued()
             return
         self._answer(self._spoken().encodeError(request, error))
+        if self._loginOverdue and isinstance(request, Login):
+            self._closeForLogin()
 
     def _answer(self, data: Optional[bytes]) -> None:
         """

@@ -5,8 +5,9 @@ the handler of its domain.
 L{ChatService} builds the parts (the session registry, the router, the
 user directory and the handlers for accounts, messaging and social) and
 dispatches each request to one of them, after the checks PROTOCOL.md 3.1
-puts first: a login for everything but the anonymous requests (102), and
-a request's C{id} that must be yours (103).  It never touches a transport
+puts first, in its order: a chat or friend request to yourself (100), a
+login for everything but the anonymous requests (102), a request's C{id}
+that must be yours (103); then a chat's rate limit (106, PROTOCOL.md 6).  It never touches a transport
 and never runs SQL; the parts each say what they own.
 """
 
@@ -20,15 +21,19 @@ from zope.interface import implementer
 
 from chat.cluster.bus import IMessageBus
 from chat.cluster.presence import Lease
-from chat.core.errors import Forbidden, NotLoggedIn, Unavailable
+from chat.core.errors import (
+    Forbidden, InvalidValue, NotLoggedIn, Unavailable,
+)
 from chat.core.messages import (
     ANONYMOUS_REQUESTS, AddFriend, AddGroup, Chat, ChatEvent, CreateGroup,
     FriendList, GroupChat, GroupList, Login, Logout, Ping, Pong, Register,
     Reply, Request,
 )
+from chat.limits import DEFAULT_TRUSTED_NETS, MemoryCounters, TrustedNets
 from chat.ops.counters import Counters, NoCounters
 from chat.passwords import Passwords
 from chat.server.accounts import Accounts
+from chat.server.admission import Admission
 from chat.server.messaging import Messaging, serverTime
 from chat.server.routing import LAPSED, Router
 from chat.server.session import Answer, IChatService, ISession
@@ -48,6 +53,18 @@ def _deferred(
     return lambda session, request: ensureDeferred(handler(session, request))
 
 
+def _toYourself(session: ISession, request: Request) -> bool:
+    """Whether C{request} chats to or befriends its own sender."""
+    if isinstance(request, Chat):
+        target = request.to
+    elif isinstance(request, AddFriend):
+        target = request.friend
+    else:
+        return False
+    return session.userId is not None and target in (
+        session.userId, session.userName)
+
+
 @implementer(IChatService)
 class ChatService:
     """
@@ -62,19 +79,28 @@ class ChatService:
                  nodeId: str, lease: Optional[Lease] = None,
                  clock: Callable[[], str] = serverTime,
                  scheduler: Optional[IReactorTime] = None,
-                 counters: Counters = NoCounters()) -> None:
+                 counters: Counters = NoCounters(),
+                 admission: Optional[Admission] = None) -> None:
+        """
+        @param admission: the rate limits; by default those of a node on
+            its own, with their default settings.
+        """
         if scheduler is None:
             from twisted.internet import reactor as scheduler
         assert scheduler is not None
         self.nodeId = nodeId
         self.counters = counters
+        self._admission = admission or Admission(
+            MemoryCounters(scheduler),
+            TrustedNets.fromString(DEFAULT_TRUSTED_NETS), scheduler,
+            metrics=counters)
         self._lease = lease or Lease(clock=scheduler)
         self.sessions = SessionRegistry(store, bus, self._lease, nodeId)
         self.router = Router(store, bus, self.sessions, self._lease,
                              scheduler, counters)
         directory = Directory(store)
         accounts = Accounts(store, passwords, self.sessions, self.router,
-                            directory)
+                            directory, self._admission)
         messaging = Messaging(store, directory, self.router, clock)
         social = Social(store, directory)
         self._handlers: dict[type, Handler] = {
@@ -92,6 +118,8 @@ class ChatService:
         }
 
     def handle(self, session: ISession, request: Request) -> Answer:
+        if _toYourself(session, request):
+            raise InvalidValue("that is you")
         if session.userId is None and not isinstance(
                 request, ANONYMOUS_REQUESTS):
             raise NotLoggedIn("log in first")
@@ -102,6 +130,8 @@ class ChatService:
         claimed = getattr(request, "claimedId", None)
         if claimed is not None and claimed != session.userId:
             raise Forbidden("the request's id is not yours")
+        if isinstance(request, (Chat, GroupChat)):
+            self._admission.chat(session)
         return self._handlers[type(request)](session, request)
 
     def sessionEnded(self, session: ISession) -> Deferred[None]:

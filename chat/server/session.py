@@ -33,7 +33,10 @@ class ISession(Interface):
         "The logged-in user's id, or None; set by the session registry.")
     userName: Optional[str] = Attribute(
         "The logged-in user's name; set by the session registry.")
-    peer: str = Attribute("The client's address, for logs.")
+    peer: str = Attribute("The client's address and port, for logs.")
+    address: str = Attribute(
+        "The client's IP address, which the rate limits count against: "
+        "behind HAProxy the real client's, from its PROXY header.")
 
     def deliver(event: ChatEvent) -> bool:
         """

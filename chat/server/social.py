@@ -27,7 +27,7 @@ class Social:
     async def addFriend(self, session: ISession,
                         request: AddFriend) -> FriendAdded:
         me, _ = identity(session)
-        friendId, name, _ = await self._directory.other(me, request.friend)
+        friendId, name, _ = await self._directory.other(request.friend)
         await self._store.addFriend(me, friendId)
         return FriendAdded(friendId, name)
 

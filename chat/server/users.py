@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from chat.core.errors import InvalidValue, NotFound
+from chat.core.errors import NotFound
 from chat.core.messages import UserRef
 from chat.core.rules import MAX_ID
 from chat.storage.store import Store, UserRow
@@ -77,12 +77,12 @@ class Directory:
             return await self._store.userById(ref)
         return await self._store.userByName(ref)
 
-    async def other(self, sender: int, ref: UserRef) -> tuple[int, str, bool]:
+    async def other(self, ref: UserRef) -> tuple[int, str, bool]:
         """
-        C{(id, name, online)} of the existing user C{ref} names, who must
-        not be C{sender}; C{online} is what the database says.
+        C{(id, name, online)} of the existing user C{ref} names (someone
+        other than the sender: the service refuses a request to yourself
+        first); C{online} is what the database says.
 
-        @raise InvalidValue: C{ref} is the sender.
         @raise NotFound: no such user.
         """
         if isinstance(ref, str):
@@ -94,8 +94,6 @@ class Directory:
                 userId = user.id
         else:
             userId = ref
-        if userId == sender:
-            raise InvalidValue("that is you")
         state = await self._store.userState(userId) if validId(
             userId) else None
         if state is None:

@@ -22,7 +22,7 @@ from chat.core import rules
 from chat.wire.dialect import Decoded, IDialect, Rejected
 from chat.core.errors import (
     AccountInUse, AlreadyLoggedIn, BadRequest, ChatError, InvalidValue,
-    NameTaken, Unavailable, WrongCredentials,
+    NameTaken, RateLimited, Unavailable, WrongCredentials,
 )
 from chat.core.messages import (
     AddFriend, AddGroup, Chat, ChatEvent, ChatSent, CreateGroup, Friend,
@@ -303,7 +303,7 @@ class JSONDialect:
         if msgid == REG_MSG and isinstance(error, (InvalidValue, NameTaken)):
             return _dumps({"msgid": REG_MSG_ACK, "errno": 1,
                            "errmsg": error.message})
-        if msgid == REG_MSG and isinstance(error, Unavailable):
+        if msgid == REG_MSG and isinstance(error, (RateLimited, Unavailable)):
             return _dumps({"msgid": REG_MSG_ACK, "errno": error.errno,
                            "errmsg": error.message})
         return _dumps({"msgid": ACK, "req": msgid, "errno": error.errno,
