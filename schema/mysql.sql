@@ -8,7 +8,11 @@ CREATE TABLE IF NOT EXISTS users (
     id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
     name VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     password VARCHAR(255) NOT NULL,
-    UNIQUE KEY users_by_name (name)
+    -- Bytes, compared as bytes: no collation may pad or fold the key.
+    -- 1024 holds any 32-letter name's (at most 30 bytes a letter).
+    skeleton VARBINARY(1024) NULL,
+    UNIQUE KEY users_by_name (name),
+    UNIQUE KEY users_by_skeleton (skeleton)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 CREATE TABLE IF NOT EXISTS friends (

@@ -3,10 +3,18 @@
 -- idempotent.
 
 -- Accounts.  Names compare exactly (SQLite's default BINARY collation).
+-- skeleton is the name's look-alike key (chat.core.names.nameSkeleton,
+-- PROTOCOL.md 3.3); its unique index users_by_skeleton refuses a name
+-- that looks like another user's.  The index is made by
+-- chat/storage/schema.py, which also fills the column at each start.  It
+-- is NULL for an account that already looked like another one when the
+-- column came, and, until the next start, for one that a node of an
+-- older version registered (see _userSkeletons there).
 CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
-    password TEXT NOT NULL          -- an argon2id hash, never the password
+    password TEXT NOT NULL,         -- an argon2id hash, never the password
+    skeleton TEXT
 );
 
 -- One-way friendships: user_id has friend_id on its list.

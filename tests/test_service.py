@@ -190,14 +190,14 @@ class AccountTests(ServiceTestCase):
 
     async def test_namesExact(self) -> None:
         """
-        Names compare exactly, case included: Alice and alice are two
-        accounts, and logging in as ALICE finds neither.
+        A name that looks like an existing one is taken (PROTOCOL.md 3.3):
+        once alice exists, Alice is NameTaken.  Logins compare exactly,
+        case included: logging in as ALICE finds nobody.
         """
         alice = await self.register("alice", "one")
-        Alice = await self.register("Alice", "two")
-        self.assertNotEqual(alice, Alice)
-        session, reply = await self.login("Alice", "two")
-        self.assertEqual(reply.userId, Alice)
+        await self.fails(NameTaken, FakeSession(), Register("Alice", "two"))
+        session, reply = await self.login("alice", "one")
+        self.assertEqual(reply.userId, alice)
         await self.fails(WrongCredentials, FakeSession(), Login("ALICE", "one"))
 
     async def test_wrongPassword(self) -> None:

@@ -305,14 +305,6 @@ class Database:
 
         return self.run(execute)
 
-    def insert(self, statement: str, *params: Any) -> Deferred[int]:
-        """Fires with the id of the new row."""
-        def insert(cursor: Any) -> int:
-            cursor.execute(statement, params)
-            return int(cursor.lastrowid)
-
-        return self.run(insert)
-
     def mapIntegrity(self, d: Deferred[_T], error: ChatError) -> Deferred[_T]:
         """
         C{d}, failing with C{error} instead of the driver's integrity error

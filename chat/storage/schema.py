@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
+from chat.core.names import nameSkeleton
 from chat.storage.pool import SQLDialect, errorCode
 
 _log = Logger()
@@ -98,9 +99,10 @@ def _offlineSortKeys(cursor: Any, dialect: SQLDialect) -> None:
 
 
 def _addIndex(cursor: Any, dialect: SQLDialect, table: str, name: str,
-              columns: str) -> None:
+              columns: str, unique: bool = False) -> None:
+    kind = "UNIQUE INDEX" if unique else "INDEX"
     if dialect.name == "sqlite":
-        cursor.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} "
+        cursor.execute(f"CREATE {kind} IF NOT EXISTS {name} ON {table} "
                        f"({columns})")
         return
     cursor.execute(
@@ -109,7 +111,7 @@ def _addIndex(cursor: Any, dialect: SQLDialect, table: str, name: str,
         " AND index_name = %s", (table, name))
     if not cursor.fetchone()[0]:
         try:
-            cursor.execute(f"ALTER TABLE {table} ADD INDEX {name} ({columns})")
+            cursor.execute(f"ALTER TABLE {table} ADD {kind} {name} ({columns})")
         except dialect.databaseErrors as e:
             if errorCode(e) != _DUPLICATE_INDEX:
                 raise
@@ -126,10 +128,64 @@ def _nodeDraining(cursor: Any, dialect: SQLDialect) -> None:
         _log.info("database migrated: nodes have a draining flag")
 
 
+def _userSkeletons(cursor: Any, dialect: SQLDialect) -> None:
+    """
+    Every user's look-alike key (L{nameSkeleton}, PROTOCOL.md 3.3) in
+    C{users.skeleton}, under the unique index C{users_by_skeleton}, which
+    is what refuses a look-alike registration (L{chat.storage.store}).
+
+    Accounts without a key get theirs here, oldest first: all of them the
+    first time, and later those that a node of an older version registered
+    during a rolling upgrade.  So this runs at every start; once done it
+    costs one index look-up.
+
+    Accounts registered before the rule may already look alike.  All are
+    kept, and the database decides between them as it does between two
+    registrations: each key is written by an C{UPDATE} under the unique
+    index, so the account that holds the key (the older one, in a first
+    migration) keeps it, and the other's key stays C{NULL}, which a unique
+    index allows any number of times, on SQLite and MySQL/MariaDB alike.
+    That account still logs in by its exact name, and its look-alikes are
+    refused all the same, by the key the other account holds.  Each start
+    reports such a pair with a warning naming both accounts, until an
+    operator renames one of them; nothing is renamed automatically, since
+    a name is how people know each other.
+    """
+    _addColumn(cursor, dialect, "users", "skeleton", {
+        "sqlite": "TEXT",
+        "mysql": "VARBINARY(1024) NULL"})
+    _addIndex(cursor, dialect, "users", "users_by_skeleton", "skeleton",
+              unique=True)
+    q = dialect.sql
+    cursor.execute("SELECT id, name FROM users WHERE skeleton IS NULL"
+                   " ORDER BY id")
+    keyless = cursor.fetchall()
+    alike = 0
+    for userId, name in keyless:
+        skeleton = nameSkeleton(name)
+        try:
+            cursor.execute(q("UPDATE users SET skeleton = ? WHERE id = ?"),
+                           (skeleton, userId))
+        except dialect.integrityErrors:
+            alike += 1
+            cursor.execute(q("SELECT id, name FROM users WHERE skeleton = ?"),
+                           (skeleton,))
+            holderId, holder = cursor.fetchone()
+            _log.warn(
+                "users {name!r} (id {userId}) and {holder!r} (id {holderId})"
+                " look alike; both are kept, {name!r} without a look-alike"
+                " key, until one of them is renamed",
+                name=name, userId=userId, holder=holder, holderId=holderId)
+    if len(keyless) > alike:
+        _log.info("database migrated: {n} users given their look-alike key",
+                  n=len(keyless) - alike)
+
+
 MIGRATIONS: tuple[Callable[[Any, SQLDialect], None], ...] = (
     _offlineMessageIds,
     _offlineSortKeys,
     _nodeDraining,
+    _userSkeletons,
 )
 """Every migration, oldest first; each finds out itself whether it is due."""
 

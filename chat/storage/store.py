@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 
 from chat.core.errors import Conflict, NameTaken
 from chat.core.messages import ChatEvent, Friend, Group, Member
+from chat.core.names import nameSkeleton
 from chat.ops.counters import Counters, NoCounters
 from chat.storage.pool import Database
 from chat.storage.schema import applySchema
@@ -85,7 +86,8 @@ def _statements(db: Database) -> _Statements:
     return _Statements(
         userById=q("SELECT id, name, password FROM users WHERE id = ?"),
         userByName=q("SELECT id, name, password FROM users WHERE name = ?"),
-        createUser=q("INSERT INTO users (name, password) VALUES (?, ?)"),
+        createUser=q(
+            "INSERT INTO users (name, skeleton, password) VALUES (?, ?, ?)"),
         userState=q(
             "SELECT u.name, s.node_id FROM users u LEFT JOIN sessions s"
             " ON s.user_id = u.id WHERE u.id = ?"),
@@ -225,10 +227,26 @@ class Store:
             _firstUser)
 
     def createUser(self, name: str, passwordHash: str) -> Deferred[int]:
-        """Fires with the new id; fails with L{NameTaken}."""
+        """
+        Fires with the new id; fails with L{NameTaken} when the name, or
+        its look-alike key (L{nameSkeleton}), is another user's
+        (PROTOCOL.md 3.3).
+
+        The unique indexes on both decide, in this one C{INSERT}, not a
+        look-up before it: two nodes registering C{alice} and C{Аlice} at
+        once cannot both succeed.  The key is computed on the pool thread,
+        so that its Unicode work (and, the first time, the loading of the
+        confusables table) stays off the reactor.
+        """
+        insert = self._sql.createUser
+
+        def interaction(cursor: Any) -> int:
+            cursor.execute(insert, (name, nameSkeleton(name), passwordHash))
+            return int(cursor.lastrowid)
+
         return self._db.mapIntegrity(
-            self._db.insert(self._sql.createUser, name, passwordHash),
-            NameTaken(f"the name {name} is taken"))
+            self._db.run(interaction),
+            NameTaken(f"the name {name} is taken, or looks like one that is"))
 
     def userState(self, userId: int) -> Deferred[Optional[tuple[str, bool]]]:
         """
