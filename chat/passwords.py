@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from twisted.internet.defer import CancelledError, DeferredSemaphore
+from twisted.internet.defer import DeferredSemaphore, TimeoutError
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -140,7 +140,7 @@ class Passwords:
         slot = self._slots.acquire().addTimeout(WAIT_LIMIT, self._reactor)
         try:
             await slot
-        except CancelledError:
+        except TimeoutError:
             raise ServerBusy()
         try:
             return await deferToThreadPool(
