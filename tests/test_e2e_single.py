@@ -1229,6 +1229,12 @@ class CommandLineTests(unittest.SynchronousTestCase):
             (["--db", "mysql://root:@127.0.0.1:1/x"], "127.0.0.1:1"),
             (["--redis", "nonsense"], "nonsense"),
             (["--no-such-option"], "no-such-option"),
+            (["--trusted-net", "10.0.0.1/8"], "10.0.0.1/8"),
+            (["--trusted-net", "nowhere"], "nowhere"),
+            (["--chat-rate", "-1"], "chat-rate"),
+            (["--chat-burst", "0"], "chat-burst"),
+            (["--max-pending-logins", "0"], "max-pending-logins"),
+            (["--login-timeout", "soon"], "login-timeout"),
         ]
         directories = [self.mktemp() for _ in cases]
         for directory in directories:

@@ -20,13 +20,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from chat.core.errors import (
-    AccountInUse, Forbidden, NotFound, NotLoggedIn,
+    AccountInUse, Forbidden, NotFound, NotLoggedIn, WrongCredentials,
 )
 from chat.core.messages import (
     Chat, ChatEvent, ChatSent, CreateGroup, Friend, GroupCreated, LoggedIn,
     LoggedOut, Login, Logout, Ping, Pong, Register, Registered, Request,
 )
-from chat.server.protocol import ChatFactory, ChatProtocol, ConnectionLimits
+from chat.server.protocol import (
+    DEFAULT_LOGIN_TIMEOUT, ChatFactory, ChatProtocol, ConnectionLimits,
+)
 
 MAX = 64
 """The --max-line of the protocols under test: small, to test the limit."""
@@ -787,3 +789,74 @@ class BackpressureTests(SynchronousTestCase):
         pending.callback(ChatSent(online=True))
         self.assertEqual(transport.producerState, "producing")
         self.assertEqual(textLines(transport).count("PONG"), 200)
+
+
+class LoginTimeoutTests(SynchronousTestCase):
+    """
+    A connection without a login is closed after C{loginTimeout}, counted
+    from the connect or the logout, whatever it sends meanwhile
+    (PROTOCOL.md 6).
+    """
+
+    def setUp(self) -> None:
+        self.service = FakeService()
+        self.protocol, self.transport, self.clock = connectWithClock(
+            self.service)
+
+    def test_noDialect(self) -> None:
+        """Nothing sent: closed with no notice (no dialect is known)."""
+        self.clock.advance(DEFAULT_LOGIN_TIMEOUT - 0.1)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertEqual(self.transport.value(), b"")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_pingsDoNotHelp(self) -> None:
+        """Pings all along: closed on time, told why in its dialect."""
+        for _ in range(5):
+            self.protocol.dataReceived(b'{"msgid":12}\n')
+            self.clock.advance(DEFAULT_LOGIN_TIMEOUT / 5)
+        self.assertEqual(jsonLines(self.transport)[-1],
+                         {"msgid": 18, "msg": "login timeout"})
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_loginStopsIt(self) -> None:
+        """A login ends the count; its logout starts it again."""
+        self.protocol.dataReceived(b"login alice pw\r\n")
+        self.clock.advance(DEFAULT_LOGIN_TIMEOUT * 2)
+        self.assertFalse(self.transport.disconnecting)
+        self.protocol.dataReceived(b"logout\r\n")
+        self.clock.advance(DEFAULT_LOGIN_TIMEOUT)
+        self.assertTrue(self.transport.value().endswith(
+            b"NOTICE login timeout\r\n"), self.transport.value())
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_failedLoginsDoNotHelp(self) -> None:
+        """A wrong password does not start the count again."""
+        self.service.answers[Login] = WrongCredentials("wrong id or password")
+        self.clock.advance(DEFAULT_LOGIN_TIMEOUT - 1)
+        self.protocol.dataReceived(b"login alice nope\r\n")
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_loginInFlightDecides(self) -> None:
+        """
+        The timeout passes while a login is being answered: a success
+        keeps the connection, a failure closes it right after its answer.
+        """
+        for outcome in (LoggedIn(1, "alice", (), (), ()),
+                        WrongCredentials("wrong id or password")):
+            self.setUp()
+            pending: Deferred[Any] = Deferred()
+            self.service.answers[Login] = lambda session, request: pending
+            self.protocol.dataReceived(b"login alice pw\r\n")
+            self.clock.advance(DEFAULT_LOGIN_TIMEOUT)
+            self.assertFalse(self.transport.disconnecting)
+            if isinstance(outcome, LoggedIn):
+                self.protocol.userId = 1
+                pending.callback(outcome)
+                self.assertFalse(self.transport.disconnecting)
+            else:
+                pending.errback(outcome)
+                self.assertIn(b"ERR 103", self.transport.value())
+                self.assertTrue(self.transport.disconnecting)

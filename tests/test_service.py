@@ -379,6 +379,19 @@ class ChatTests(ServiceTestCase):
         await self.fails(InvalidValue, self.aliceSession, Chat(self.alice, "x"))
         await self.fails(InvalidValue, self.aliceSession, Chat("alice", "x"))
 
+    async def test_toSelfBeforeForbidden(self) -> None:
+        """
+        To yourself with someone else's C{id}: 100 comes before 103
+        (PROTOCOL.md 3.1), for chats and friend requests alike.
+        """
+        await self.setUpUsers()
+        await self.fails(InvalidValue, self.aliceSession,
+                         Chat(self.alice, "x", claimedId=self.bob))
+        await self.fails(InvalidValue, self.aliceSession,
+                         AddFriend(self.alice, claimedId=self.bob))
+        await self.fails(Forbidden, self.aliceSession,
+                         Chat(self.bob, "x", claimedId=self.bob))
+
     async def test_toMissing(self) -> None:
         """A user that does not exist, by id or name, is NotFound."""
         await self.setUpUsers()
