@@ -642,17 +642,23 @@ class LoadGen:
         C{(attacker, targetUid)} tries C{targetUid} with the attacker's
         (wrong) password over and over, until every user is in (or
         C{deadline} seconds have passed, which also ends the users' tries).
-        The workers start together C{lead} seconds from now.
+        The workers start together C{lead} seconds from now; each writes
+        its users' and attackers' first logins in turn, one of each, so
+        that the attacks are mixed in rather than queued behind the users.
         """
         start = time.monotonic_ns() + int(lead * 1e9)
-        items: dict[int, list[tuple[int, int, str, bool]]] = {}
+        mine: dict[int, list[tuple[int, int, str, bool]]] = {}
+        theirs: dict[int, list[tuple[int, int, str, bool]]] = {}
         for user in users:
             assert user.uid is not None, f"{user.name} is not registered"
-            items.setdefault(user.worker, []).append(
+            mine.setdefault(user.worker, []).append(
                 (user.slot, user.uid, user.password, False))
         for attacker, target in attackers:
-            items.setdefault(attacker.worker, []).append(
+            theirs.setdefault(attacker.worker, []).append(
                 (attacker.slot, target, attacker.password, True))
+        items = {w: [item for pair in itertools.zip_longest(mine.get(w, []), theirs.get(w, []))
+                     for item in pair if item is not None]
+                 for w in sorted(mine.keys() | theirs.keys())}
         calls = {w: self._send(w, "loginStorm", items=todo, start=start, backoff=backoff,
                                jitter=jitter, answerTimeout=answerTimeout)
                  for w, todo in items.items()}
