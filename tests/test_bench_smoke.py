@@ -178,6 +178,7 @@ class BenchSmokeTests(unittest.SynchronousTestCase):
                          run["part 2: attacks errno 1"] + run["part 2: attacks errno 106"]
                          + run["part 2: attacks after 30 s"], run)
         self.assertGreater(run["part 2 / part 1: all in"], 0, run)
+        self.assertGreater(run["part 2 / part 1: CPU node1"], 0, run)
         report = out.read_text()
         self.assertIn("### login storm: 20 users", report)
         self.assertIn("| part 1: all in s |", report)
