@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -199,11 +200,32 @@ def findProcess(name: str) -> Optional[int]:
 
 def singleNode(owner: Owner, root: Optional[Path] = None, defaultCost: bool = False,
                db: Optional[str] = None, nodeId: Optional[str] = None,
-               metrics: bool = False) -> Deployment:
-    """One node on its own SQLite file: the default deployment."""
+               metrics: bool = False, haproxy: bool = False) -> Deployment:
+    """
+    One node on its own SQLite file: the default deployment.  With
+    C{haproxy} it listens on C{haproxy:tcp:...}, so every client must open
+    with a PROXY v2 header, and the node takes the client address from it
+    (a benchmark can then play clients from many addresses).
+    """
     node = BenchNode(owner, root=root, defaultCost=defaultCost, db=db, nodeId=nodeId,
-                     metrics=metrics)
-    return Deployment(owner, [node], label="one node, SQLite")
+                     metrics=metrics, haproxy=haproxy)
+    label = "one node, SQLite" + (", PROXY v2 listener" if haproxy else "")
+    return Deployment(owner, [node], label=label)
+
+
+def nodeHasOption(option: str, root: Optional[Path] = None) -> bool:
+    """
+    Whether the node code in C{root} (default this checkout) knows
+    C{--option}, from C{twistd chat --help}: a scenario that wants an
+    option of a newer revision asks instead of assuming, since a run may
+    be of an older commit (C{bench.run --commit}).
+    """
+    where = str(root or ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+         "chat", "--help"], cwd=where, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=where))
+    return f"--{option}=" in out.stdout or f"--{option} " in out.stdout
 
 
 def cluster(owner: Owner, root: Optional[Path] = None, nodes: int = 2,

@@ -34,6 +34,7 @@ from .deploy import Owner, readRSS, singleNode
 from .scenarios import (
     ScenarioResult, Settings, _guard, _newLoadGen, _pairs, measureChat,
 )
+from .stats import RSSWatch
 
 PASSWORD = "bench-password"
 RECEIVE_BUFFER = 4096
@@ -103,26 +104,6 @@ class _Flood(threading.Thread):
             self.error = e
 
 
-class _RSSWatch(threading.Thread):
-    """The peak resident memory of process C{pid} until stopped."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.peak = readRSS(pid)
-        self.running = True
-
-    def run(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, readRSS(self.pid))
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        self.running = False
-        self.join(5)
-        return self.peak
-
-
 def _readEverything(reader: LineClient, userId: int, address: tuple[str, int],
                     expected: int) -> tuple[list[str], int]:
     """
@@ -190,7 +171,7 @@ def slowReaders(settings: Settings) -> ScenarioResult:
                             settings.duration, pattern="users")
         time.sleep(1.0)
         before = readRSS(pid)
-        watch = _RSSWatch(pid)
+        watch = RSSWatch(pid)
         watch.start()
         began = time.monotonic()
         for flood in floods:

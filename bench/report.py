@@ -246,6 +246,10 @@ _HEADLINES = {
     "saturation-local": ["sustained msgs/s", "at half: p99 ms"],
     "saturation-cross": ["sustained msgs/s", "at half: p99 ms"],
     "login": ["logins/s", "p50 ms", "p99 ms", "alone: p50 ms"],
+    "login-storm": ["part 1: all in s", "part 1: answer max ms", "part 1: users never in",
+                    "part 2: all in s", "part 2: answer max ms", "part 2: users never in",
+                    "part 2 / part 1: all in", "part 2 / part 1: CPU node1",
+                    "part 2: attacks errno 106"],
     "users-instructions": ["instructions per msg (thousands)", "lost"],
 }
 

@@ -36,6 +36,7 @@ from tests.harness.process import ROOT
 from .deploy import BenchNode
 from .report import _git, drawPlots, machineInfo, patternOf, renderMarkdown, writeJSON
 from .instructions import usersInstructions
+from .loginstorm import loginStorm
 from .overload import classicReceive, slowReaders
 from .scenarios import (
     ScenarioResult, Settings, chatFixed, connections, fanout, login, metricsOverhead,
@@ -44,8 +45,8 @@ from .scenarios import (
 
 ALL = ["users-local", "users-cross", "users-coldstart", "users-instructions",
        "chat-local", "chat-cross", "saturation-local", "saturation-cross", "fanout",
-       "login", "connections", "slow-readers", "classic-receive", "metrics-local",
-       "metrics-cross"]
+       "login", "login-storm", "connections", "slow-readers", "classic-receive",
+       "metrics-local", "metrics-cross"]
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -137,6 +138,16 @@ def parser() -> argparse.ArgumentParser:
     instr.add_argument("--instr-rate", type=float, default=100.0,
                        help="msgs/s (callgrind runs a process ~50x slower)")
     instr.add_argument("--instr-duration", type=float, default=10.0, help="seconds per window")
+    storm = p.add_argument_group("everybody logging in at once (login-storm)")
+    storm.add_argument("--storm-users", type=int, default=1000,
+                       help="users, and attackers in part 2 (issue 9: 5000, "
+                       "8-14 min a part on 2 cores)")
+    storm.add_argument("--storm-backoff", type=float, default=0.5,
+                       help="seconds a client waits after an answer before it tries again")
+    storm.add_argument("--storm-jitter", type=float, default=0.5,
+                       help="up to this many seconds more, at random")
+    storm.add_argument("--storm-deadline", type=float, default=3600.0,
+                       help="seconds after which a part gives up on the users not in")
     p.add_argument("--plot", type=Path, default=None, metavar="DIR",
                    help="also write PNG charts (matplotlib) into DIR")
     return p
@@ -165,7 +176,9 @@ def settingsFrom(options: argparse.Namespace, root: Optional[Path]) -> Settings:
         slowPerReader=options.slow_per_reader, classicMessages=options.classic_messages,
         instrPairs=options.instr_pairs, instrRate=options.instr_rate,
         instrDuration=options.instr_duration, metrics=options.metrics,
-        scrapeInterval=options.scrape_interval)
+        scrapeInterval=options.scrape_interval, stormUsers=options.storm_users,
+        stormBackoff=options.storm_backoff, stormJitter=options.storm_jitter,
+        stormDeadline=options.storm_deadline)
     if options.quick:
         defaults = parser().parse_args([])
 
@@ -189,7 +202,8 @@ def settingsFrom(options: argparse.Namespace, root: Optional[Path]) -> Settings:
                             "slow_per_reader": "slowPerReader",
                             "classic_messages": "classicMessages",
                             "instr_pairs": "instrPairs", "instr_rate": "instrRate",
-                            "instr_duration": "instrDuration"}.get(name, name), value)
+                            "instr_duration": "instrDuration",
+                            "storm_users": "stormUsers"}.get(name, name), value)
 
         for name, value in [("runs", 1), ("pairs", 5), ("rate", 200), ("duration", 1.0),
                             ("warmup", 0.2), ("sat_start", 200), ("sat_max", 400),
@@ -204,7 +218,8 @@ def settingsFrom(options: argparse.Namespace, root: Optional[Path]) -> Settings:
                             ("users_cold_duration", 1.0), ("slow_readers", 3),
                             ("slow_senders", 2), ("slow_per_reader", 200),
                             ("classic_messages", 100), ("instr_pairs", 5),
-                            ("instr_rate", 20.0), ("instr_duration", 1.0)]:
+                            ("instr_rate", 20.0), ("instr_duration", 1.0),
+                            ("storm_users", 20)]:
             small(name, value)
         s.loginSerialDuration = 0.5
         s.drainTimeout = 5.0
@@ -250,6 +265,8 @@ def scenarioPlan(names: Sequence[str], settings: Settings, fanoutOn: str
                              lambda size=size: fanout(settings, size, cross=fanoutOn == "cluster")))
         elif name == "login":
             plan.append((name, lambda: login(settings)))
+        elif name == "login-storm":
+            plan.append((name, lambda: loginStorm(settings)))
         elif name == "connections":
             plan.append((name, lambda: connections(settings)))
         elif name == "slow-readers":

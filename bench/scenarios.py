@@ -90,6 +90,12 @@ class Settings:
     instrPairs: int = 100
     instrRate: float = 100.0
     instrDuration: float = 10.0
+    stormUsers: int = 1000
+    """login-storm: users (and, in part 2, attackers); issue 9's figure is
+    5,000, 8 to 14 minutes a part on 2 cores at the default cost."""
+    stormBackoff: float = 0.5
+    stormJitter: float = 0.5
+    stormDeadline: float = 3600.0
 
     def public(self) -> dict[str, Any]:
         out = asdict(self)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import os
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from .deploy import cpuSeconds
+from .deploy import cpuSeconds, readRSS
 
 
 def percentile(sortedValues: Sequence[float], fraction: float) -> Optional[float]:
@@ -121,3 +122,26 @@ class CpuMeter:
                 v for k, v in out.items() if k != "machine")), 1)
             out["steal"] = round(100.0 * steal / ticks / wall, 1)
         return out
+
+
+class RSSWatch(threading.Thread):
+    """
+    The peak resident memory (KiB) of process C{pid} until stopped, read
+    every 50 ms: a burst's peak is gone by the time it is over.
+    """
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = readRSS(pid)
+        self.running = True
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, readRSS(self.pid))
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        self.running = False
+        self.join(5)
+        return self.peak

@@ -1,8 +1,9 @@
 """
 Seconds-long smoke runs of the benchmark (bench/), so that it cannot rot:
 chat-local with 5 pairs for 1 s (and the relay baseline beside it) and a
-group fan-out of 10 members; and the many-users pattern (users-local) at
-two tiny rate steps, against a real node the benchmark starts itself.
+group fan-out of 10 members; the many-users pattern (users-local) at
+two tiny rate steps; and a login storm of 20 users, against a real node
+the benchmark starts itself.
 They check that a report is written and that every message is accounted
 for; they assert nothing about speed (the benchmark reports, tests check).
 And the charts, drawn from a small made-up run's JSON.
@@ -142,6 +143,46 @@ class BenchSmokeTests(unittest.SynchronousTestCase):
                              (0, 0, 0), row)
             self.assertEqual(row["ACKs"], row["sent"], row)
         self.assertIn("## Many users pattern", out.read_text())
+
+    def test_loginStorm(self) -> None:
+        """
+        login-storm with 20 users (and 20 attackers in part 2): every user
+        got in in both parts, each of its answers is counted by kind (a
+        success each; any refusal, 106 from a node with the limits, was
+        retried), every attack was refused, and the report has the times
+        and the table.  The node runs at the server's default password
+        cost, as the scenario always does: 20 users cost a few seconds of
+        hashing, so there was no reason to make the smoke run cheaper than
+        the real one.  It asserts nothing about speed.
+        """
+        out = tempDirectory(self) / "report.md"
+        runBench(self, "bench.run", "--quick", "--scenarios", "login-storm",
+                 "--storm-users", "20", "--out", str(out))
+        data = json.loads(out.with_suffix(".json").read_text())
+        [result] = data["results"]
+        self.assertEqual(result["key"], "login-storm")
+        self.assertIsNone(result["error"], result["error"])
+        [run] = result["runs"]
+        for part in ("part 1: ", "part 2: "):
+            self.assertEqual((run[part + "users in"], run[part + "users never in"]),
+                             (20, 0), run)
+            self.assertEqual(run[part + "answers errno 0"], 20, run)
+            self.assertGreater(run[part + "all in s"], 0, run)
+            self.assertGreater(run[part + "answer max ms"], 0, run)
+            self.assertGreater(run[part + "CPU % node1"], 0, run)
+            self.assertGreater(run[part + "RSS peak MiB"], 0, run)
+        self.assertEqual(run["part 2: attackers"], 20)
+        self.assertGreater(run["part 2: attacks answered"], 0, run)
+        self.assertEqual(run["part 2: attacks errno 0"], 0, run)
+        self.assertEqual(run["part 2: attacks answered"],
+                         run["part 2: attacks errno 1"] + run["part 2: attacks errno 106"]
+                         + run["part 2: attacks after 30 s"], run)
+        self.assertGreater(run["part 2 / part 1: all in"], 0, run)
+        self.assertGreater(run["part 2 / part 1: CPU node1"], 0, run)
+        report = out.read_text()
+        self.assertIn("### login storm: 20 users", report)
+        self.assertIn("| part 1: all in s |", report)
+        self.assertIn("| login-storm | part 2 / part 1: all in |", report)
 
 
 def syntheticRun() -> dict[str, Any]:

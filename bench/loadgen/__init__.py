@@ -4,6 +4,6 @@ classic-client connections each, driven by a synchronous coordinator
 (L{coordinator.LoadGen}) that the scenarios call.
 """
 
-from .coordinator import LoadGen, LoadGenError, StepResult, User, workersFor
+from .coordinator import LoadGen, LoadGenError, StepResult, StormResult, User, workersFor
 
-__all__ = ["LoadGen", "LoadGenError", "StepResult", "User", "workersFor"]
+__all__ = ["LoadGen", "LoadGenError", "StepResult", "StormResult", "User", "workersFor"]

@@ -77,6 +77,9 @@ class User:
     uid: Optional[int] = None
     source: str = "127.0.0.1"
     classic: bool = True
+    proxyHeader: bytes = b""
+    """Written first on every connection: a PROXY v2 header naming the
+    client address a node behind C{haproxy:} sees (empty: none)."""
 
 
 @dataclass
@@ -100,6 +103,35 @@ class StepResult:
     @property
     def lost(self) -> int:
         return self.sent - self.live - self.offline
+
+
+@dataclass
+class StormResult:
+    """
+    What every process saw of one login storm (L{LoadGen.loginStorm}):
+    answers by role (C{"user"}, C{"attacker"}) and kind (C{"errno N"},
+    late, lost, ...), the latency of each answer (µs, sorted), when each
+    user got in (monotonic ns, sorted) and how often the server's closing
+    a connection made a client connect again.
+    """
+
+    users: int
+    attackers: int
+    start: int
+    answers: dict[str, dict[str, int]] = field(default_factory=dict)
+    latencies: dict[str, list[int]] = field(default_factory=dict)
+    inAt: list[int] = field(default_factory=list)
+    reconnects: dict[str, int] = field(default_factory=dict)
+
+    def secondsUntil(self, fraction: float) -> Optional[float]:
+        """
+        Seconds from the start until C{fraction} of the users were in; None
+        if they never were.
+        """
+        needed = max(1, math.ceil(fraction * self.users))
+        if len(self.inAt) < needed:
+            return None
+        return (self.inAt[needed - 1] - self.start) / 1e9
 
 
 class LoadGen:
@@ -292,8 +324,8 @@ class LoadGen:
 
     def connect(self, users: Sequence[User], concurrency: int = 200) -> None:
         results = self.broadcast("connect", {
-            w: {"items": [(u.slot, u.address[0], u.address[1], u.source, u.classic)
-                          for u in group],
+            w: {"items": [(u.slot, u.address[0], u.address[1], u.source, u.classic,
+                           u.proxyHeader) for u in group],
                 "concurrency": concurrency}
             for w, group in self._byWorker(users).items()})
         failed = sum(r["failedCount"] for r in results.values())
@@ -306,11 +338,14 @@ class LoadGen:
                                  for w, group in self._byWorker(users).items()})
 
     def register(self, users: Sequence[User], via: Optional[Sequence[User]] = None,
-                 depth: int = 8) -> None:
+                 depth: int = 8, retry: Sequence[int] = (), timeout: float = 120
+                 ) -> int:
         """
         Register C{users} through the protocol (REG_MSG), each on its own
         connection, or spread over the connections of C{via} (which must
-        be in the same processes as the users they register).
+        be in the same processes as the users they register).  A refusal
+        whose errno is in C{retry} is sent again a second or so later,
+        within C{timeout} seconds.  Fires with the number of retries.
         """
         items: dict[int, list[tuple[int, int, str, str]]] = {}
         if via is None:
@@ -326,8 +361,9 @@ class LoadGen:
                 registrar = next(counters[user.worker])
                 items.setdefault(user.worker, []).append(
                     (registrar.slot, user.slot, user.name, user.password))
-        results = self.broadcast("register", {w: {"items": i, "depth": depth}
-                                              for w, i in items.items()})
+        results = self.broadcast("register", {
+            w: {"items": i, "depth": depth, "retry": tuple(retry), "timeout": timeout}
+            for w, i in items.items()}, waitAtMost=timeout + 600)
         bySlot = {u.slot: u for u in users}
         failed = 0
         examples: list[Any] = []
@@ -338,6 +374,7 @@ class LoadGen:
             examples.extend(result["failed"].values())
         if failed:
             raise LoadGenError(f"{failed} registrations failed: {examples[:5]}")
+        return sum(r.get("retries", 0) for r in results.values())
 
     def login(self, users: Sequence[User], concurrency: int = 100) -> list[int]:
         """Log each user in on its connection; fires with login latencies (µs)."""
@@ -595,6 +632,58 @@ class LoadGen:
             for key, n in r["failed"].items():
                 failed[key] = failed.get(key, 0) + n
         return _latencies(r["latencies"] for r in results.values()), failed, elapsed
+
+    def loginStorm(self, users: Sequence[User], attackers: Sequence[tuple[User, int]] = (),
+                   backoff: float = 0.5, jitter: float = 0.5, answerTimeout: float = 30.0,
+                   deadline: float = 1800.0, lead: float = 0.5) -> "StormResult":
+        """
+        Every one of C{users} (connected, registered, not logged in) logs
+        in at once, retrying after 106 or 107 until in; meanwhile each
+        C{(attacker, targetUid)} tries C{targetUid} with the attacker's
+        (wrong) password over and over, until every user is in (or
+        C{deadline} seconds have passed, which also ends the users' tries).
+        The workers start together C{lead} seconds from now; each writes
+        its users' and attackers' first logins in turn, one of each, so
+        that the attacks are mixed in rather than queued behind the users.
+        """
+        start = time.monotonic_ns() + int(lead * 1e9)
+        mine: dict[int, list[tuple[int, int, str, bool]]] = {}
+        theirs: dict[int, list[tuple[int, int, str, bool]]] = {}
+        for user in users:
+            assert user.uid is not None, f"{user.name} is not registered"
+            mine.setdefault(user.worker, []).append(
+                (user.slot, user.uid, user.password, False))
+        for attacker, target in attackers:
+            theirs.setdefault(attacker.worker, []).append(
+                (attacker.slot, target, attacker.password, True))
+        items = {w: [item for pair in itertools.zip_longest(mine.get(w, []), theirs.get(w, []))
+                     for item in pair if item is not None]
+                 for w in sorted(mine.keys() | theirs.keys())}
+        calls = {w: self._send(w, "loginStorm", items=todo, start=start, backoff=backoff,
+                               jitter=jitter, answerTimeout=answerTimeout)
+                 for w, todo in items.items()}
+        giveUp = start + int(deadline * 1e9)
+        allIn = 0
+        while time.monotonic_ns() < giveUp:
+            time.sleep(0.1)
+            statuses = self.broadcast("stormStatus", {w: {} for w in calls})
+            if sum(s["in"] for s in statuses.values()) >= len(users):
+                allIn = time.monotonic_ns()
+                break
+        self.broadcast("stormStop", {w: {} for w in calls}, everyone=not allIn)
+        replies = self._gather(calls, timeout=answerTimeout + 600)
+        result = StormResult(users=len(users), attackers=len(attackers), start=start)
+        for reply in replies.values():
+            for role, tally in reply["answers"].items():
+                mine = result.answers.setdefault(role, {})
+                for kind, count in tally.items():
+                    mine[kind] = mine.get(kind, 0) + count
+            for role, count in reply["reconnects"].items():
+                result.reconnects[role] = result.reconnects.get(role, 0) + count
+        for role in ("user", "attacker"):
+            result.latencies[role] = _latencies(r["latencies"][role] for r in replies.values())
+        result.inAt = _latencies(r["inAt"] for r in replies.values())
+        return result
 
     def workerStats(self) -> dict[int, Any]:
         return self.broadcast("stats")

@@ -112,7 +112,7 @@ class UserSlot:
     (for duplicates).
     """
 
-    __slots__ = ("slot", "uid", "name", "seq", "seen", "conn", "echoTo")
+    __slots__ = ("slot", "uid", "name", "seq", "seen", "conn", "echoTo", "dial")
 
     def __init__(self, slot: int) -> None:
         self.slot = slot
@@ -122,6 +122,10 @@ class UserSlot:
         self.seen: dict[int, bytearray] = {}
         self.conn: Optional[Conn] = None
         self.echoTo: Optional[int] = None
+        self.dial: Optional[tuple[str, int, str, bool, bytes]] = None
+        """How it last connected (host, port, source, classic, preamble),
+        so that a login storm can connect it again after the server closed
+        it."""
 
 
 class RequestFailed(Exception):
@@ -329,6 +333,48 @@ def _jsonString(text: str) -> bytes:
     return json.dumps(text, ensure_ascii=False).encode()
 
 
+LOGIN_RETRY = (2, 106, 107)
+"""
+Login refusals after which a real user of a login storm tries again: 106
+(busy, or rate limited) and 107 (unavailable) say that nothing was done,
+and 2 (live elsewhere) is what a user whose earlier connection was closed
+under it sees until the node has ended that session.  Anything else (1,
+wrong password; 100) would not change on a retry.
+"""
+
+
+class Storm:
+    """
+    One login storm's tallies in this process (L{Worker.cmd_loginStorm}):
+    answers by role (C{"user"}, C{"attacker"}) and kind (C{"errno N"}, late,
+    lost), each answer's latency, when each user got in.  C{stopAttack}
+    ends the attackers' loops, C{stopAll} everybody's (the deadline).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.stopAttack: asyncio.Future = loop.create_future()
+        self.stopAll: asyncio.Future = loop.create_future()
+        self.usersIn = 0
+        self.inAt = array("q")
+        self.answers: dict[str, dict[str, int]] = {"user": {}, "attacker": {}}
+        self.latencies = {"user": array("q"), "attacker": array("q")}
+        self.reconnects = {"user": 0, "attacker": 0}
+
+    def count(self, role: str, kind: str) -> None:
+        tally = self.answers[role]
+        tally[kind] = tally.get(kind, 0) + 1
+
+    def stop(self, everyone: bool) -> None:
+        for future in ([self.stopAttack, self.stopAll] if everyone else [self.stopAttack]):
+            if not future.done():
+                future.set_result(None)
+
+    def result(self) -> dict[str, Any]:
+        return {"answers": self.answers, "reconnects": self.reconnects,
+                "latencies": {k: v.tobytes() for k, v in self.latencies.items()},
+                "inAt": self.inAt.tobytes()}
+
+
 class Worker:
     """
     The loop's state: slots by number, per-step statistics, counters, and
@@ -349,6 +395,7 @@ class Worker:
         self.errors: dict[str, int] = {}
         self.acks: dict[str, int] = {"ok": 0, "offline": 0}
         self.notices: list[str] = []
+        self.storm: Optional[Storm] = None
         self.done = asyncio.Event()
 
     # Receiving ------------------------------------------------------------
@@ -478,41 +525,51 @@ class Worker:
             raise RequestFailed(f"slot {number} is not connected")
         return conn
 
-    async def cmd_connect(self, items: list[tuple[int, str, int, str, bool]],
+    async def dial(self, user: UserSlot, host: str, port: int, source: str,
+                   classic: bool, preamble: bytes = b"") -> Conn:
+        """
+        Connect C{user} to C{host:port} from C{source} (bound explicitly,
+        with IP_BIND_ADDRESS_NO_PORT, so the coordinator decides when to
+        move on to 127.0.0.2, ...) and write C{preamble} first: a PROXY v2
+        header for a node behind C{haproxy:}, which names the client
+        address the node must see.  A classic connection ends its requests
+        in NUL, any other in C{"\n"}.
+        """
+        user.dial = (host, port, source, classic, preamble)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if source:
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((source, 0))
+            await asyncio.wait_for(self.loop.sock_connect(sock, (host, port)), 30)
+            _, conn = await self.loop.create_connection(
+                lambda: Conn(self, user, b"\0" if classic else b"\n"), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        if preamble:
+            conn.send(preamble)
+        user.conn = conn  # type: ignore[assignment]
+        return conn  # type: ignore[return-value]
+
+    async def cmd_connect(self, items: list[tuple[int, str, int, str, bool, bytes]],
                           concurrency: int = 200) -> dict[str, Any]:
         """
         Open a connection for each C{(slot, host, port, sourceAddress,
-        classic)}; a classic connection ends its requests in NUL, any
-        other in C{"\n"}.  A source address is bound explicitly (with
-        IP_BIND_ADDRESS_NO_PORT), so the coordinator decides when to move
-        on to 127.0.0.2, 127.0.0.3, ...
+        classic, preamble)} (see L{dial}).
         """
         limit = asyncio.Semaphore(concurrency)
         failed: list[tuple[int, str]] = []
 
-        async def one(number: int, host: str, port: int, source: str,
-                      classic: bool) -> None:
-            user = self.slot(number)
+        async def one(number: int, *how: Any) -> None:
             async with limit:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 try:
-                    sock.setblocking(False)
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    if source:
-                        sock.setsockopt(socket.IPPROTO_IP,
-                                        IP_BIND_ADDRESS_NO_PORT, 1)
-                        sock.bind((source, 0))
-                    await asyncio.wait_for(
-                        self.loop.sock_connect(sock, (host, port)), 30)
-                    _, conn = await self.loop.create_connection(
-                        lambda: Conn(self, user, b"\0" if classic else b"\n"),
-                        sock=sock)
+                    await self.dial(self.slot(number), *how)
                 except Exception as e:
-                    sock.close()
                     self.counters["connectFailures"] += 1
                     failed.append((number, f"{type(e).__name__}: {e}"))
-                    return
-                user.conn = conn  # type: ignore[assignment]
 
         await asyncio.gather(*(one(*item) for item in items))
         return {"ok": len(items) - len(failed), "failed": failed[:20],
@@ -532,25 +589,33 @@ class Worker:
         return len(waits)
 
     async def cmd_register(self, items: list[tuple[int, int, str, str]],
-                           depth: int = 8, timeout: float = 120
+                           depth: int = 8, timeout: float = 120,
+                           retry: tuple[int, ...] = (), pause: float = 1.0
                            ) -> dict[str, Any]:
         """
         Register C{(viaSlot, slot, name, password)}: each through the
         connection of C{viaSlot}, up to C{depth} in flight per connection.
-        Fires with C{{"ids": {slot: uid}, "failed": {slot: reply}}}.
+        A refusal whose errno is in C{retry} (106 busy or rate limited, 107
+        unavailable: nothing was done) is sent again after C{pause} to 1.5
+        x C{pause} seconds, until another answer or C{timeout}.  Fires with
+        C{{"ids": {slot: uid}, "failed": {slot: reply}, "retries": n}}.
         """
         byConn: dict[int, list[tuple[int, str, str]]] = {}
         for via, number, name, password in items:
             byConn.setdefault(via, []).append((number, name, password))
         ids: dict[int, int] = {}
         failed: dict[int, Any] = {}
+        retries = [0]
+        giveUp = time.monotonic() + timeout
 
         async def through(via: int, todo: list[tuple[int, str, str]]) -> None:
             conn = self.conn(via)
-            window: deque[tuple[int, str, asyncio.Future]] = deque()
+            window: deque[tuple[tuple[int, str, str], asyncio.Future]] = deque()
+            again: list[tuple[int, str, str]] = []
 
             async def settle() -> None:
-                number, name, waiter = window.popleft()
+                item, waiter = window.popleft()
+                number, name, _ = item
                 try:
                     reply = await asyncio.wait_for(waiter, timeout)
                 except Exception as e:
@@ -560,22 +625,30 @@ class Worker:
                     ids[number] = reply["id"]
                     user = self.slot(number)
                     user.uid, user.name = reply["id"], _jsonString(name)
+                elif reply.get("errno") in retry and time.monotonic() < giveUp:
+                    again.append(item)
                 else:
                     failed[number] = reply
 
-            for number, name, password in todo:
-                body = b'{"msgid":4,"name":%s,"password":%s}' % (
-                    _jsonString(name), _jsonString(password))
-                window.append((number, name, conn.request(4, body)))
-                if len(window) >= depth:
+            while todo:
+                for item in todo:
+                    number, name, password = item
+                    body = b'{"msgid":4,"name":%s,"password":%s}' % (
+                        _jsonString(name), _jsonString(password))
+                    window.append((item, conn.request(4, body)))
+                    if len(window) >= depth:
+                        await settle()
+                while window:
                     await settle()
-            while window:
-                await settle()
+                todo, again = again, []
+                if todo:
+                    retries[0] += len(todo)
+                    await asyncio.sleep(pause * (1 + random.random() / 2))
 
         await asyncio.gather(*(through(via, todo)
                                for via, todo in byConn.items()))
         return {"ids": ids, "failed": dict(list(failed.items())[:20]),
-                "failedCount": len(failed)}
+                "failedCount": len(failed), "retries": retries[0]}
 
     async def cmd_login(self, items: list[tuple[int, int, str, str]],
                         concurrency: int = 200, timeout: float = 120
@@ -652,6 +725,91 @@ class Worker:
 
         await asyncio.gather(*(loop(*item) for item in items))
         return {"latencies": latencies.tobytes(), "failed": failed}
+
+    async def cmd_loginStorm(self, items: list[tuple[int, int, str, bool]],
+                             start: int, backoff: float = 0.5, jitter: float = 0.5,
+                             answerTimeout: float = 30.0) -> dict[str, Any]:
+        """
+        A login storm: at C{start} (monotonic ns) every C{(slot, uid,
+        password, attacker)} sends its LOGIN_MSG at once, on its own
+        connection (already open; opened again when the server closes it).
+
+        A real user retries after a refusal of L{LOGIN_RETRY}, C{backoff}
+        plus up to C{jitter} seconds later, until it is in or
+        L{cmd_stormStop} says so.  An attacker logs in with its wrong
+        password again and again, with the same pause after each answer,
+        until it is stopped.  Why each waits for its answer however long it
+        takes: the classic client does, and so the answers tell the
+        server's latency, not a client's time-out policy; an answer later
+        than C{answerTimeout} (PROTOCOL.md 6 promises 30 s) counts as late
+        instead of by its errno.  Fires with L{Storm.result}.
+        """
+        storm = self.storm = Storm(self.loop)
+        await asyncio.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9))
+        await asyncio.gather(*(self._stormer(storm, *item, backoff=backoff, jitter=jitter,
+                                             answerTimeout=answerTimeout)
+                               for item in items))
+        return storm.result()
+
+    async def _stormer(self, storm: Storm, number: int, uid: int, password: str,
+                       attacker: bool, backoff: float, jitter: float,
+                       answerTimeout: float) -> None:
+        """One real user's or attacker's part of L{cmd_loginStorm}."""
+        role = "attacker" if attacker else "user"
+        stop = storm.stopAttack if attacker else storm.stopAll
+        user = self.slots[number]
+        body = b'{"msgid":1,"id":%d,"password":%s}' % (uid, _jsonString(password))
+        late = int(answerTimeout * 1e9)
+
+        async def pause() -> None:
+            await asyncio.wait((stop,), timeout=backoff + random.random() * jitter)
+
+        while not stop.done():
+            conn = user.conn
+            if conn is None or conn.lost.done():
+                if user.dial is None:
+                    raise RequestFailed(f"slot {number} was never connected")
+                try:
+                    conn = await self.dial(user, *user.dial)
+                except Exception:
+                    storm.count(role, "connect failed")
+                    await pause()
+                    continue
+                storm.reconnects[role] += 1
+            sent = time.monotonic_ns()
+            waiter = conn.request(1, body)
+            await asyncio.wait((waiter, stop), return_when=asyncio.FIRST_COMPLETED)
+            now = time.monotonic_ns()
+            if not waiter.done():
+                waiter.cancel()  # its answer, if any, is ignored
+                storm.count(role, "unanswered at the stop")
+                return
+            if waiter.exception() is not None:
+                storm.count(role, "connection lost")
+                await pause()
+                continue
+            errno = waiter.result().get("errno")
+            storm.latencies[role].append((now - sent) // 1000)
+            storm.count(role, f"after {answerTimeout:g} s" if now - sent > late
+                        else f"errno {errno}")
+            if not attacker:
+                if errno == 0:
+                    storm.usersIn += 1
+                    storm.inAt.append(now)
+                    return
+                if errno not in LOGIN_RETRY:
+                    storm.count(role, "gave up")
+                    return
+            await pause()
+
+    def cmd_stormStatus(self) -> dict[str, int]:
+        """How many real users of the current login storm are in."""
+        return {"in": self.storm.usersIn if self.storm is not None else 0}
+
+    def cmd_stormStop(self, everyone: bool = False) -> None:
+        """End the storm's attackers (and, with C{everyone}, its users too)."""
+        if self.storm is not None:
+            self.storm.stop(everyone)
 
     def cmd_beginStep(self, step: int, windowStart: int = 0,
                       groupExpect: Optional[int] = None) -> None:
