@@ -178,7 +178,13 @@ def loginStorm(settings: Settings) -> ScenarioResult:
 
     def body() -> None:
         with Owner() as owner:
-            dep = singleNode(owner, root=settings.root, defaultCost=True, haproxy=True)
+            # The set-up registers from a few connections that never log
+            # in, for longer than the login timeout would let them stay.
+            longer = (["--login-timeout", str(settings.stormDeadline)]
+                      if nodeHasOption("login-timeout", settings.root) else [])
+            dep = singleNode(owner, root=settings.root, defaultCost=True, haproxy=True,
+                             extraArgs=longer)
+            result.settings["node --login-timeout s"] = longer[1] if longer else "none"
             result.deployment = dep.label + ", default password cost"
             address = dep.address(0)
             registrars = REGISTRARS_PER_WORKER * settings.workers
