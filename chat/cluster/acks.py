@@ -14,14 +14,22 @@ not been acknowledged by as many nodes within L{UNACKED_SECONDS}.  The
 copies are recognised at the drain by their message ids
 (L{chat.cluster.dedup}): a rare duplicate, never a loss.
 
-This module holds the two ledgers and the wire form of an
-acknowledgement; it does no I/O (the Redis bus sends and receives).
+This module holds the publish numbers, the two ledgers, the clock that
+decides what is overdue (L{Proofs}) and the wire form of an
+acknowledgement; it does no I/O: the Redis bus sends and receives, and
+the receiver it is handed stores.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable, Optional, Sequence
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from chat.cluster.bus import PublishOutcome
 from chat.core.messages import ChatEvent
 
 ACK_SECONDS = 0.1
@@ -31,6 +39,12 @@ UNACKED_SECONDS = 3.0
 MAX_UNACKED_BYTES = 64 << 20
 """The most a publisher keeps waiting for proof; past it, the oldest are
 stored at once."""
+STOP_ACK_SECONDS = 0.5
+"""How long a stopping node waits for the last acknowledgements of what it
+published, before it stores the rest as uncertain copies."""
+
+Uncertain = list[tuple[int, ChatEvent]]
+"""C{(userId, event)}s that Redis counted but no node acknowledged."""
 
 
 class _Published:
@@ -125,6 +139,102 @@ class PendingAcks:
     def take(self) -> dict[bytes, list[int]]:
         bySender, self._bySender = self._bySender, {}
         return bySender
+
+
+class Proofs:
+    """
+    One node's proof of arrival, both ways: it numbers what the node
+    publishes and keeps what Redis counted until as many nodes have
+    acknowledged it, and it keeps what the node took from other nodes
+    until it has acknowledged that.
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock: IReactorTime,
+                 uncertain: Callable[[Uncertain],
+                                     Optional[Deferred[None]]]) -> None:
+        """
+        @param uncertain: stores what no node acknowledged in time; fires
+            once stored.
+        """
+        self._clock = clock
+        self._uncertain = uncertain
+        self._seq = 0
+        self._unacked = Unacknowledged()
+        self._pendingAcks = PendingAcks()
+
+    # What this node publishes -------------------------------------------
+
+    def numbered(self, count: int) -> range:
+        """The publish numbers of the next C{count} publishes."""
+        first = self._seq + 1
+        self._seq += count
+        return range(first, first + count)
+
+    def counted(self, outcomes: list[PublishOutcome], seqs: range,
+                userIds: Sequence[int],
+                event: ChatEvent) -> list[PublishOutcome]:
+        """
+        Redis answered the publishes C{seqs} of C{event} to C{userIds}:
+        what it counted as taken waits for its proof.
+        """
+        now = self._clock.seconds()
+        for seq, userId, outcome in zip(seqs, userIds, outcomes):
+            if isinstance(outcome, int) and outcome > 0:
+                self._unacked.published(seq, userId, event, outcome, now)
+        return outcomes
+
+    def acknowledged(self, seqs: bytes) -> None:
+        """
+        A node acknowledged the publishes C{seqs} (L{encodeSeqs}'s form).
+
+        @raise ValueError: not that form.
+        """
+        self._unacked.acknowledged(decodeSeqs(seqs))
+
+    def settle(self) -> None:
+        """
+        Every L{ACK_SECONDS}: store what nobody acknowledged in time (or
+        what the bound on the ledger no longer keeps).
+        """
+        overdue = self._unacked.overdue(self._clock.seconds())
+        if overdue:
+            self._log.warn("storing {n} messages that Redis counted but no "
+                           "node acknowledged", n=len(overdue))
+            self._uncertain(overdue)
+
+    def storeAll(self) -> Deferred[None]:
+        """
+        Before a clean stop: give the nodes that took this node's last
+        messages L{STOP_ACK_SECONDS} to acknowledge them, then store what
+        is still unproven.  Fires once it is stored.
+        """
+        def store(_: object) -> Optional[Deferred[None]]:
+            uncertain = self._unacked.takeAll()
+            return self._uncertain(uncertain) if uncertain else None
+
+        wait: Deferred[None] = deferLater(self._clock, STOP_ACK_SECONDS,
+                                          lambda: None) \
+            if len(self._unacked) else succeed(None)
+        return wait.addCallback(store)
+
+    # What this node takes -----------------------------------------------
+
+    def took(self, sender: bytes, seq: int) -> None:
+        """
+        This node delivered, or stored, publish C{seq} of node C{sender}:
+        to be acknowledged.
+        """
+        self._pendingAcks.add(sender, seq)
+
+    def owed(self) -> dict[bytes, bytes]:
+        """
+        The acknowledgements to send now, by publishing node, in
+        L{encodeSeqs}'s form.
+        """
+        return {sender: encodeSeqs(seqs)
+                for sender, seqs in self._pendingAcks.take().items()}
 
 
 def encodeSeqs(seqs: Iterable[int]) -> bytes:

@@ -22,21 +22,19 @@ hands it back to the receiver):
    told, which drains the offline messages stored while the bus was down;
  - a publish fails at once while the publisher is disconnected (the router
    then stores the message);
- - one watchdog watches both links: a link with commands outstanding on
-   which nothing has arrived for L{COMMAND_TIMEOUT} is dropped, which
-   fails those commands (a publish whose outcome is thus unknown is
-   stored: a rare duplicate beats a loss), and an idle link is pinged
-   every L{PING_SECONDS} so that a dead one is found before it is needed;
+ - one watchdog (L{chat.cluster.watchdog}) watches both links, dropping
+   stalled ones and pinging idle ones;
  - what Redis counted but no node acknowledged within
    L{chat.cluster.acks.UNACKED_SECONDS} is handed back to be stored as
    uncertain copies: whatever Redis, a killed node or a dropped
-   subscription did with it.
+   subscription did with it.  The bus sends and receives the
+   acknowledgements; their bookkeeping is L{chat.cluster.acks.Proofs}'s.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Optional, Protocol, Sequence
+from typing import Any, Iterable, Optional, Sequence
 from urllib.parse import urlsplit
 
 import txredisapi
@@ -44,30 +42,25 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chat.cluster.acks import (
-    ACK_SECONDS, PendingAcks, Unacknowledged, decodeSeqs, encodeSeqs,
-)
+from chat.cluster.acks import ACK_SECONDS, Proofs, Uncertain
 from chat.cluster.bus import IBusReceiver, IMessageBus, PublishOutcome
 from chat.cluster.redisclient import RedisClient, RedisConnection, Reply
 from chat.cluster.subscriber import (
     ISubscriberListener, Subscriber, SubscriberFactory,
 )
+from chat.cluster.watchdog import (
+    COMMAND_TIMEOUT, WATCH_SECONDS, Link, Watchdog,
+)
 from chat.core.messages import ChatEvent
 
-COMMAND_TIMEOUT = 2.0
-PING_SECONDS = 2.0
-WATCH_SECONDS = 0.5
 STOP_SECONDS = 5.0
 """How long a stopping bus waits for the messages still on their way to it,
 and for the receiver to store them, before it disconnects."""
-STOP_ACK_SECONDS = 0.5
-"""How long a stopping bus waits for the last acknowledgements of what it
-published, before it stores the rest as uncertain copies."""
 USER_PREFIX = b"chat:user:"
 NODE_PREFIX = b"chat:node:"
 POKE = b"poke"
@@ -92,16 +85,51 @@ def unframe(message: bytes) -> tuple[bytes, int, ChatEvent]:
     return sender, int(seq, 16), ChatEvent.fromJSON(json, messageId)
 
 
-class _Link(Protocol):
-    """What the watchdog needs of a link."""
+_log = Logger()
 
-    lastProgress: float
 
-    def outstanding(self) -> bool: ...
+def _within(clock: IReactorTime, d: Deferred[Any],
+            what: str) -> Deferred[None]:
+    """
+    C{d}, bounded by L{STOP_SECONDS} without cancelling it: the commands
+    and stores of a stopping bus may still complete while the links close.
+    """
+    finished: Deferred[None] = Deferred()
 
-    def ping(self) -> Deferred[Any]: ...
+    def timedOut() -> None:
+        _log.warn("stopping: gave up waiting after {s} s for {what}",
+                  s=STOP_SECONDS, what=what)
+        finished.callback(None)
 
-    def abort(self) -> None: ...
+    timer = clock.callLater(STOP_SECONDS, timedOut)
+
+    def done(_: object) -> None:
+        if timer.active():
+            timer.cancel()
+            finished.callback(None)
+
+    d.addBoth(done)
+    return finished
+
+
+class _Pending:
+    """Deferreds that a stopping bus waits for, each kept until it fires."""
+
+    def __init__(self) -> None:
+        self._waiting: set[Deferred[Any]] = set()
+
+    def add(self, d: Deferred[Any]) -> None:
+        self._waiting.add(d)
+
+        def settled(result: object) -> object:
+            self._waiting.discard(d)
+            return result
+
+        d.addBoth(settled)
+
+    def settled(self) -> Deferred[Any]:
+        """Fires once every Deferred kept now has fired."""
+        return DeferredList(list(self._waiting), consumeErrors=True)
 
 
 @implementer(IMessageBus, ISubscriberListener)
@@ -129,13 +157,12 @@ class RedisBus(Service):
         self._subscriber: Optional[Subscriber] = None
         self._subscriberFactory: Optional[SubscriberFactory] = None
         self._loops: list[LoopingCall] = []
+        self._watchdog = Watchdog(reactor, self._links)
         self._everConnected = False
         self._unpoked: set[int] = set()
-        self._seq = 0
-        self._unacked = Unacknowledged()
-        self._pendingAcks = PendingAcks()
-        self._storing: set[Deferred[None]] = set()
-        self._unsubscribing: set[Deferred[Any]] = set()
+        self._proofs = Proofs(reactor, self._uncertain)
+        self._storing = _Pending()
+        self._unsubscribing = _Pending()
 
     @classmethod
     def fromURL(cls, url: str, reactor: IReactorTime) -> "RedisBus":
@@ -165,7 +192,7 @@ class RedisBus(Service):
         self._publisher.startService()
         self._subscriberFactory = SubscriberFactory(self, self._dbid)
         self._subscriberFactory.startConnecting(self._endpoint)
-        for interval, work in ((WATCH_SECONDS, self._watch),
+        for interval, work in ((WATCH_SECONDS, self._watchdog.check),
                                (ACK_SECONDS, self._settleAcks)):
             loop = LoopingCall(work)
             loop.clock = self.clock
@@ -186,33 +213,11 @@ class RedisBus(Service):
                 factory.disconnect() if factory is not None else succeed(None),
             ], consumeErrors=True)
 
-        d = self._within(self._drainSubscriber(), "the messages on their way "
-                         "here")
-        d.addCallback(lambda _: self._within(self._storeUnacknowledged(),
-                                             "the messages published"))
+        d = _within(self.clock, self._drainSubscriber(),
+                    "the messages on their way here")
+        d.addCallback(lambda _: _within(self.clock, self._proofs.storeAll(),
+                                        "the messages published"))
         return d.addCallback(disconnect).addCallback(lambda _: None)
-
-    def _within(self, d: Deferred[Any], what: str) -> Deferred[None]:
-        """
-        C{d}, bounded by L{STOP_SECONDS} without cancelling it: the
-        commands and stores may still complete while the links close.
-        """
-        finished: Deferred[None] = Deferred()
-
-        def timedOut() -> None:
-            self._log.warn("stopping: gave up waiting after {s} s for {what}",
-                           s=STOP_SECONDS, what=what)
-            finished.callback(None)
-
-        timer = self.clock.callLater(STOP_SECONDS, timedOut)
-
-        def done(_: object) -> None:
-            if timer.active():
-                timer.cancel()
-                finished.callback(None)
-
-        d.addBoth(done)
-        return finished
 
     def _drainSubscriber(self) -> Deferred[Any]:
         """
@@ -228,27 +233,9 @@ class RedisBus(Service):
         """
         for userId in sorted(self._wanted):
             self.unsubscribe(userId)
-        d = DeferredList(list(self._unsubscribing), consumeErrors=True)
-        d.addCallback(lambda _: DeferredList(list(self._storing),
-                                             consumeErrors=True))
+        d = self._unsubscribing.settled()
+        d.addCallback(lambda _: self._storing.settled())
         return d.addCallback(lambda _: self._sendAcks())
-
-    def _storeUnacknowledged(self) -> Deferred[None]:
-        """
-        Before a clean stop: give the nodes that took this node's last
-        messages a moment to acknowledge them, then have what is still
-        unproven stored as uncertain copies.
-        """
-        def store(_: object) -> Optional[Deferred[None]]:
-            uncertain = self._unacked.takeAll()
-            if uncertain and self._receiver is not None:
-                return self._receiver.deliveryUncertain(uncertain)
-            return None
-
-        wait: Deferred[None] = deferLater(self.clock, STOP_ACK_SECONDS,
-                                          lambda: None) \
-            if len(self._unacked) else succeed(None)
-        return wait.addCallback(store)
 
     def connected(self) -> bool:
         """Whether both links to Redis are up (the node's readiness)."""
@@ -257,25 +244,9 @@ class RedisBus(Service):
 
     # Links --------------------------------------------------------------
 
-    def _links(self) -> list[_Link]:
+    def _links(self) -> list[Link]:
         return [link for link in (self._publisher.connection,
                                   self._subscriber) if link is not None]
-
-    def _watch(self) -> None:
-        """
-        Drop stalled links (their outstanding commands fail and they are
-        rebuilt), and ping idle ones.
-        """
-        now = self.clock.seconds()
-        for link in self._links():
-            silent = now - link.lastProgress
-            if link.outstanding() and silent > COMMAND_TIMEOUT:
-                self._log.warn("Redis link silent for {s} s; reconnecting",
-                               s=COMMAND_TIMEOUT)
-                link.abort()
-            elif not link.outstanding() and silent > PING_SECONDS:
-                # A lost link is reported by itself.
-                link.ping().addErrback(lambda f: None)
 
     def _publisherReady(self, connection: RedisConnection) -> None:
         self._log.info("Redis publisher connected to {where}",
@@ -329,19 +300,8 @@ class RedisBus(Service):
             return succeed(None)  # nothing to undo: renewal skips it
         d = self._subscriber.request("unsubscribe", channelOf(userId))
         # A stop waits for every unsubscription Redis has not confirmed.
-        self._pending(self._unsubscribing, d)
+        self._unsubscribing.add(d)
         return d
-
-    @staticmethod
-    def _pending(pending: set[Any], d: Deferred[Any]) -> None:
-        """Keep C{d} in C{pending} until it fires."""
-        pending.add(d)
-
-        def settled(result: object) -> object:
-            pending.discard(d)
-            return result
-
-        d.addBoth(settled)
 
     # Arrivals -----------------------------------------------------------
 
@@ -352,7 +312,7 @@ class RedisBus(Service):
         try:
             if channel == self._ackChannel:
                 if message.startswith(ACK):
-                    self._unacked.acknowledged(decodeSeqs(message[len(ACK):]))
+                    self._proofs.acknowledged(message[len(ACK):])
             elif channel.startswith(USER_PREFIX):
                 userId = int(channel[len(USER_PREFIX):])
                 if message == POKE:
@@ -372,12 +332,12 @@ class RedisBus(Service):
         sender, seq, event = unframe(message)
         storing = receiver.eventArrived(userId, event)
         if storing is None:
-            self._pendingAcks.add(sender, seq)
+            self._proofs.took(sender, seq)
             return
         # Its session is gone (or waits, or reads too slowly) and it is
         # being stored; a stop waits for that.
-        self._pending(self._storing, storing)
-        storing.addCallback(lambda _: self._pendingAcks.add(sender, seq))
+        self._storing.add(storing)
+        storing.addCallback(lambda _: self._proofs.took(sender, seq))
 
     def _settleAcks(self) -> None:
         """
@@ -385,41 +345,33 @@ class RedisBus(Service):
         what this node published that nobody acknowledged in time.
         """
         self._sendAcks()
-        overdue = self._unacked.overdue(self.clock.seconds())
-        if overdue and self._receiver is not None:
-            self._log.warn("storing {n} messages that Redis counted but no "
-                           "node acknowledged", n=len(overdue))
-            self._receiver.deliveryUncertain(overdue)
+        self._proofs.settle()
+
+    def _uncertain(self, messages: Uncertain) -> Optional[Deferred[None]]:
+        if self._receiver is None:
+            return None
+        return self._receiver.deliveryUncertain(messages)
 
     def _sendAcks(self) -> None:
         connection = self._publisher.connection
         if connection is None:
             return  # their publishers store them: a duplicate, no loss
-        acks = self._pendingAcks.take()
+        acks = self._proofs.owed()
         if acks:
             connection.pipeline([
-                (b"PUBLISH", NODE_PREFIX + sender, ACK + encodeSeqs(seqs))
+                (b"PUBLISH", NODE_PREFIX + sender, ACK + seqs)
                 for sender, seqs in acks.items()])
 
     # Publishing ---------------------------------------------------------
 
     def publish(self, userIds: Sequence[int],
                 event: ChatEvent) -> Deferred[list[PublishOutcome]]:
-        first = self._seq + 1
-        self._seq += len(userIds)
+        seqs = self._proofs.numbered(len(userIds))
         token = self._token
-
-        def counted(outcomes: list[PublishOutcome]) -> list[PublishOutcome]:
-            now = self.clock.seconds()
-            for seq, userId, outcome in zip(range(first, first + len(userIds)),
-                                            userIds, outcomes):
-                if isinstance(outcome, int) and outcome > 0:
-                    self._unacked.published(seq, userId, event, outcome, now)
-            return outcomes
-
         return self._publishAll([
-            (channelOf(userId), frame(token, first + i, event))
-            for i, userId in enumerate(userIds)]).addCallback(counted)
+            (channelOf(userId), frame(token, seq, event))
+            for seq, userId in zip(seqs, userIds)]).addCallback(
+                self._proofs.counted, seqs, userIds, event)
 
     def poke(self, userIds: Iterable[int]) -> Deferred[None]:
         users = list(userIds)

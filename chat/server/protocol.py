@@ -1,23 +1,20 @@
 """
-One client connection: framing, dialect, the order of replies, and the
-session of the user logged in on it.
+One client connection, and the session of the user logged in on it.
 
-The protocol turns bytes into requests through its dialect, hands them to
-the service one at a time (so replies keep the order of the requests) and
-writes what comes back through its L{OutputQueue}; to the service it is an
-L{ISession}.  Events that the queue could not write when the session ends
-go back to the service to be stored.  It owns the connection's state; it
-never runs SQL and knows no business rule.
+The protocol hands each request its L{RequestQueue} decoded (one at a time,
+so replies keep the order of the requests) to the service, and writes
+what comes back through its L{OutputQueue}, the reply to a login through
+its L{LoginGate}; to the service it is an L{ISession}.  It ends the
+session and the connection: events that the output could not write when
+the session ends go back to the service to be stored.  It owns the
+connection's state; it never runs SQL and knows no business rule.
 """
 
 from __future__ import annotations
 
-import socket
-from collections import deque
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import attrs
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress, IDelayedCall, IReactorTime, ITransport,
 )
@@ -31,29 +28,24 @@ from chat.core.messages import (
     Bye, ChatEvent, Help, HelpText, LoggedIn, LoggedOut, Login, Quit, Reply,
     Request,
 )
-from chat.logs import logFailure
+from chat.server.login import LoginGate
 from chat.server.output import (
     DEFAULT_MAX_OUTPUT, DEFAULT_STALL_TIMEOUT, OutputQueue,
 )
-from chat.server.session import IChatService, ISession
+from chat.server.reading import RequestQueue
+from chat.server.session import Answer, IChatService, ISession
+from chat.server.tcp import (
+    abort, disableNagle, enableKeepAlive, hostOf, peerOf,
+)
 from chat.wire.dialect import IDialect, Rejected
-from chat.wire.framing import MessageSplitter, MessageTooLong
-from chat.wire.jsondialect import CLASSIC, JSON
-from chat.wire.textdialect import TEXT
+from chat.wire.jsondialect import CLASSIC
 
-_BLANK = b" \t"
-_PAUSE_AT = 64
-"""Queued requests at which the connection stops reading, for backpressure."""
 DEFAULT_LOGIN_TIMEOUT = 60.0
 """C{--login-timeout}."""
 LOGIN_TIMEOUT_NOTICE = "login timeout"
 CLOSE_SECONDS = 10.0
 """How long a closing connection may take to read what it was sent last
 (a notice, a reply) before it is dropped."""
-
-Queued = Union[bytes, MessageTooLong]
-"""A client message waiting to be handled, or the overlong one that ends
-the connection."""
 
 
 @attrs.frozen
@@ -74,19 +66,16 @@ class ConnectionLimits:
     loginTimeout: float = DEFAULT_LOGIN_TIMEOUT
 
 
-def chooseDialect(firstMessage: bytes, endedInNUL: bool) -> IDialect:
-    """
-    The dialect a connection's first non-blank message selects.
-    """
-    if firstMessage.lstrip(_BLANK).startswith(b"{"):
-        return CLASSIC if endedInNUL else JSON
-    return TEXT
-
-
 @implementer(ISession)
 class ChatProtocol(Protocol):
     """
     A client connection, and the session of the user logged in on it.
+
+    What it reads is its L{RequestQueue}'s to split and queue, what it
+    writes its L{OutputQueue}'s to send, and the login's holding of the
+    output and its deadline its L{LoginGate}'s (all three made once
+    connected); it handles the requests and replies in between, and ends
+    the session and the connection.
 
     @ivar userId: the logged-in user, or L{None}.
     @ivar userName: that user's name.
@@ -96,6 +85,8 @@ class ChatProtocol(Protocol):
 
     userId: Optional[int] = None
     userName: Optional[str] = None
+    _requests: RequestQueue
+    _login: LoginGate
 
     def __init__(self, service: IChatService, limits: ConnectionLimits,
                  clock: IReactorTime, connections: set["ChatProtocol"]) -> None:
@@ -103,17 +94,9 @@ class ChatProtocol(Protocol):
         self._limits = limits
         self._clock = clock
         self._connections = connections
-        self._splitter = MessageSplitter(limits.maxLine)
-        self._dialect: Optional[IDialect] = None
-        self._queue: deque[Queued] = deque()
         self._output: Optional[OutputQueue] = None
-        self._busy = False
-        self._paused = False
         self._closing = False
-        self._loggingIn = False
         self._closeTimer: Optional[IDelayedCall] = None
-        self._loginTimer: Optional[IDelayedCall] = None
-        self._loginOverdue = False
 
     def _transport(self) -> ITransport:
         transport = self.transport
@@ -127,25 +110,18 @@ class ChatProtocol(Protocol):
 
     @property
     def peer(self) -> str:
-        """
-        The client's address.  Behind HAProxy it is known only once the
-        PROXY header has arrived, so it is asked for when needed.
-        """
-        address = self._transport().getPeer()
-        return f"{getattr(address, 'host', address)}:" \
-            f"{getattr(address, 'port', '')}"
+        """The client's address and port (L{peerOf})."""
+        return peerOf(self._transport())
 
     @property
     def address(self) -> str:
-        """The client's IP address (see L{peer}); a UNIX socket's path."""
-        address = self._transport().getPeer()
-        return str(getattr(address, "host", None) or
-                   getattr(address, "name", None) or address)
+        """The client's IP address (L{hostOf})."""
+        return hostOf(self._transport())
 
     @property
     def dialect(self) -> Optional[IDialect]:
         """The connection's dialect, once its first message arrived."""
-        return self._dialect
+        return self._requests.dialect
 
     def outputBytes(self) -> int:
         """Bytes waiting here to be written to the client."""
@@ -156,25 +132,38 @@ class ChatProtocol(Protocol):
     def connectionMade(self) -> None:
         transport = self._transport()
         enableKeepAlive(transport)
-        self._output = OutputQueue(
+        output = self._output = OutputQueue(
             transport, self._clock, self._limits.maxOutput,
             self._limits.stallTimeout, readable=self._backlogReadable,
             stalled=self._stalled)
+        self._requests = RequestQueue(
+            transport,  # type: ignore[arg-type] # TCP transports are push producers
+            self._limits.maxLine, spoken=self._speak, handle=self._handle,
+            replied=self._replied, failed=self._failed,
+            rejected=self._rejected, tooLong=self._tooLong)
+        self._login = LoginGate(self._service, output, self._clock,
+                                self._limits.loginTimeout,
+                                expired=self._closeForLogin,
+                                ended=self._endSession)
         self._connections.add(self)
-        self._awaitLogin()
+        self._login.expect()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connections.discard(self)
-        self._closing = True
-        self._queue.clear()
-        for timer in (self._closeTimer, self._loginTimer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        if not self._loggingIn:
+        self._stopReading()
+        self._login.cancel()
+        if self._closeTimer is not None and self._closeTimer.active():
+            self._closeTimer.cancel()
+        if not self._login.answering:
             # (A login in flight stores them with its offline messages,
-            # which are older: see _loginAbandoned.)
+            # which are older: see LoginGate.abandoned.)
             self._storeQueued(lost=True)
         self._endSession()
+
+    def _stopReading(self) -> None:
+        """The connection is closing: nothing it sends is handled now."""
+        self._closing = True
+        self._requests.stop()
 
     def _storeQueued(self, lost: bool = False) -> None:
         """
@@ -182,8 +171,6 @@ class ChatProtocol(Protocol):
         wrote (and, once C{lost}, those its client never acknowledged):
         they are lost with the connection otherwise.
         """
-        if self._output is None:
-            return
         output = self._out()
         events = output.takeUndelivered() if lost else output.takeEvents()
         if events:
@@ -200,7 +187,7 @@ class ChatProtocol(Protocol):
         than into a closing connection, and so are the events still
         waiting here.
         """
-        self._closing = True
+        self._stopReading()
         self._storeQueued()
         self._endSession()
         self._closeSoon()
@@ -214,34 +201,7 @@ class ChatProtocol(Protocol):
                 CLOSE_SECONDS, self._abort)
 
     def _abort(self) -> None:
-        self._transport().abortConnection()  # type: ignore[attr-defined] # TCP transports provide it
-
-    def _awaitLogin(self) -> None:
-        """
-        Not logged in from now on: close the connection if it stays so
-        for the login timeout (PROTOCOL.md 6), whatever it sends meanwhile
-        (failed logins included).
-        """
-        self._loggedIn()
-        self._loginTimer = self._clock.callLater(
-            self._limits.loginTimeout, self._loginTimedOut)
-
-    def _loggedIn(self) -> None:
-        if self._loginTimer is not None and self._loginTimer.active():
-            self._loginTimer.cancel()
-        self._loginTimer = None
-        self._loginOverdue = False
-
-    def _loginTimedOut(self) -> None:
-        """
-        The login timeout has passed; a login being answered decides
-        (L{_loginFailed}).
-        """
-        self._loginTimer = None
-        if self._loggingIn:
-            self._loginOverdue = True
-        else:
-            self._closeForLogin()
+        abort(self._transport())
 
     def _closeForLogin(self) -> None:
         self._log.info("{peer}: not logged in for {s} s; closing",
@@ -256,28 +216,15 @@ class ChatProtocol(Protocol):
         self._log.info("{peer}: output over its limit for {s} s; closing",
                        peer=self.peer, userId=self.userId,
                        s=self._limits.stallTimeout)
-        self._closing = True
+        self._stopReading()
         self._storeQueued()
         self._endSession()
         self._abort()
 
-    # Input ------------------------------------------------------------
+    # Requests -----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
-            return
-        try:
-            for message, endedInNUL in self._splitter.feed(data):
-                if not message.strip(_BLANK):
-                    continue
-                if self._dialect is None:
-                    self._speak(chooseDialect(message, endedInNUL))
-                self._queue.append(message)
-        except MessageTooLong as tooLong:
-            if self._dialect is None:
-                self._speak(chooseDialect(tooLong.head, False))
-            self._queue.append(tooLong)
-        self._runQueue()
+        self._requests.feed(data)
 
     def _speak(self, dialect: IDialect) -> None:
         """
@@ -285,126 +232,60 @@ class ChatProtocol(Protocol):
         gets one object per segment (PROTOCOL.md section 7): no Nagle
         delay, and paced writes.
         """
-        self._dialect = dialect
         if dialect is CLASSIC:
             self._out().pace()
-            try:
-                self._transport().setTcpNoDelay(True)  # type: ignore[attr-defined] # TCP transports provide it
-            except (AttributeError, OSError):
-                pass  # not TCP (tests)
-
-    def _runQueue(self) -> None:
-        """
-        Handle queued messages in order, stopping at the first that waits
-        on a Deferred; its reply restarts the queue.
-        """
-        while self._queue and not self._busy and not self._closing:
-            item = self._queue.popleft()
-            if isinstance(item, MessageTooLong):
-                self._tooLong()
-                return
-            self._handle(item)
-        if self._closing:
-            return
-        if len(self._queue) >= _PAUSE_AT and not self._paused:
-            self._paused = True
-            self._transport().pauseProducing()  # type: ignore[attr-defined] # TCP transports provide it
-        elif self._paused and len(self._queue) < _PAUSE_AT // 2:
-            self._paused = False
-            self._transport().resumeProducing()  # type: ignore[attr-defined] # TCP transports provide it
+            disableNagle(self._transport())
 
     def _tooLong(self) -> None:
-        error = LineTooLong(
-            f"message longer than {self._splitter.maxLength} bytes")
+        error = LineTooLong(f"message longer than {self._limits.maxLine} bytes")
         self._log.info("{peer}: {error}; closing", peer=self.peer,
                        userId=self.userId,
                        error=error.message)
         self.sendError(None, error)
         self._close()
 
+    def _rejected(self, request: Rejected) -> None:
+        self._log.debug("{peer}: rejected: {error}", peer=self.peer,
+                        userId=self.userId, error=request.error.message)
+        self.sendError(request.context, request.error)
+
     def _spoken(self) -> IDialect:
         """The connection's dialect, known once a message has arrived."""
-        dialect = self._dialect
+        dialect = self._requests.dialect
         assert dialect is not None, "a message has arrived"
         return dialect
 
-    def _handle(self, message: bytes) -> None:
-        request = self._spoken().decode(message)
-        if isinstance(request, Rejected):
-            self._log.debug("{peer}: rejected: {error}", peer=self.peer,
-                            userId=self.userId,
-                            error=request.error.message)
-            self.sendError(request.context, request.error)
-            return
+    def _handle(self, request: Request) -> Answer:
         if isinstance(request, Help):
-            self._replied(HelpText(), request)
-            return
+            return HelpText()
         if isinstance(request, Quit):
             # Like a logout, answered once the database has let the
             # session go, so the user may log in elsewhere right after.
-            self._busy = True
             self._storeQueued()
-            self._service.sessionEnded(self).addBoth(self._bye, request)
-            return
+            return self._service.sessionEnded(self).addBoth(lambda _: Bye())
         if isinstance(request, Login):
             # No event may overtake the login reply and the offline
             # messages it brings.
-            self._loggingIn = True
-            self._out().hold()
-        try:
-            result = self._service.handle(self, request)
-        except Exception:
-            self._failed(Failure(), request)
-            return
-        if isinstance(result, Deferred):
-            self._busy = True
-            result.addCallbacks(self._replied, self._failed,
-                                callbackArgs=(request,),
-                                errbackArgs=(request,))
-            result.addErrback(logFailure(
-                self._log, "answering {request}", request=request))
-            result.addBoth(self._resume)
-        else:
-            self._replied(result, request)
+            self._login.begin()
+        return self._service.handle(self, request)
 
-    def _bye(self, _: object, request: Quit) -> None:
-        self._replied(Bye(), request)
-        self._close()
-
-    def _resume(self, _: object) -> None:
-        self._busy = False
-        self._runQueue()
-
-    # Output -----------------------------------------------------------
+    # Replies ------------------------------------------------------------
 
     def _replied(self, reply: Reply, request: Request) -> None:
         if self._closing:
             if isinstance(reply, LoggedIn):
-                self._loginAbandoned(reply)
-            return
-        if isinstance(reply, LoggedIn):
-            self._answerLogin(request, reply)
-            return
-        if isinstance(reply, LoggedOut):
-            self._awaitLogin()
-        self._answer(self._spoken().encodeReply(request, reply))
-
-    def _answerLogin(self, request: Request, reply: LoggedIn) -> None:
-        """
-        The login reply, then the offline messages that did not fit in it
-        (a classic ack holds at most 1024 bytes), then the events held
-        while it was pending.
-        """
-        dialect = self._spoken()
-        fitted, rest = dialect.fitLogin(reply)
-        self._loggingIn = False
-        self._loggedIn()
-        self._out().release(dialect.encodeReply(request, fitted), [
-            (dialect.encodeEvent(e), (reply.userId, e)) for e in rest])
-        self._log.info("{peer}: {userName} (id {userId}) logged in",
-                       peer=self.peer, userName=reply.name,
-                       userId=reply.userId)
-        self._service.loginAnswered(reply.userId)
+                self._login.abandoned(reply)
+        elif isinstance(reply, LoggedIn):
+            self._login.succeeded(self._spoken(), request, reply)
+            self._log.info("{peer}: {userName} (id {userId}) logged in",
+                           peer=self.peer, userName=reply.name,
+                           userId=reply.userId)
+        else:
+            if isinstance(reply, LoggedOut):
+                self._login.expect()
+            self._answer(self._spoken().encodeReply(request, reply))
+        if isinstance(reply, Bye):
+            self._close()
 
     def _failed(self, failure: Failure, request: Request) -> None:
         if failure.check(ChatError):
@@ -416,44 +297,24 @@ class ChatProtocol(Protocol):
                               userId=self.userId)
             error = Unavailable("internal error; retry")
         if self._closing:
-            if self._loggingIn:
-                self._loggingIn = False
+            if self._login.end():
                 self._storeQueued()
             return
         self._answer(self._spoken().encodeError(request, error))
-        if self._loginOverdue and isinstance(request, Login):
-            self._closeForLogin()
+        if isinstance(request, Login):
+            self._login.refused()
 
     def _answer(self, data: Optional[bytes]) -> None:
         """
         Write a reply; the reply to a login goes out ahead of the events
         held while it was pending.
         """
-        if self._loggingIn:
-            self._loggingIn = False
-            self._out().release(data)
-        elif data is not None:
+        if not self._login.release(data) and data is not None:
             self._out().write(data)
 
     def sendError(self, context: Any, error: ChatError) -> None:
         if not self._closing:
             self._out().write(self._spoken().encodeError(context, error))
-
-    def _loginAbandoned(self, reply: LoggedIn) -> None:
-        """
-        The connection closed while its login was being answered, after
-        the service had registered the session: end that session, or the
-        account stays in use and its messages go into a dead connection,
-        and hand back for storing the offline messages the login drained
-        and the events held for it, in that order.
-        """
-        self._loggingIn = False
-        events = [*((reply.userId, e) for e in reply.offline),
-                  *self._out().takeUndelivered()]
-        self._endSession()
-        if events:
-            self._service.storeUndelivered(events)
-        self._service.loginAnswered(reply.userId)
 
     # The session, as the service sees it (ISession) -------------------
 
@@ -482,39 +343,25 @@ class ChatProtocol(Protocol):
         self._out().backlog()
 
     def notice(self, text: str) -> None:
-        if self._dialect is not None and not self._closing:
-            self._out().write(self._dialect.encodeNotice(text))
+        dialect = self.dialect
+        if dialect is not None and not self._closing:
+            self._out().write(dialect.encodeNotice(text))
 
     def disconnect(self, reason: str) -> None:
         """
         Tell the client why, then close the connection; the events still
         waiting here are stored (with the offline messages of a login in
-        flight, which are older: see L{_loginAbandoned}).  The service
+        flight, which are older: see L{LoginGate.abandoned}).  The service
         forgets the session right after.
         """
         if self._closing or self._output is None:
             return
-        if not self._loggingIn:
+        if not self._login.answering:
             self._storeQueued()
-        self._closing = True
-        self._closeSoon(self._dialect.encodeNotice(reason)
-                        if self._dialect is not None else None)
-
-
-def enableKeepAlive(transport: object) -> None:
-    """
-    Turn on TCP keepalive, tuned so that a client that vanished without
-    closing (power loss, cable pulled) is noticed within about 90 seconds:
-    60 s idle, then 3 probes 10 s apart.
-    """
-    try:
-        sock = transport.getHandle()  # type: ignore[attr-defined] # TCP transports provide it
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-    except (AttributeError, OSError):
-        pass  # not a TCP socket (tests, UNIX sockets): nothing to tune
+        dialect = self.dialect
+        self._stopReading()
+        self._closeSoon(dialect.encodeNotice(reason)
+                        if dialect is not None else None)
 
 
 class ChatFactory(Factory):
