@@ -11,7 +11,11 @@ kept the reactor from renewing the node's lease, and 4,829 of them were
 answered 107).  How many may wait is bounded too (PROTOCOL.md 6: at most
 C{--max-pending-logins}, and each answered within 30 s): beyond the bound
 a request is refused with L{ServerBusy} at once, and one that waited
-L{WAIT_LIMIT} seconds for a thread is refused so.  This module owns the
+L{WAIT_LIMIT} seconds for a thread is refused so.  A check the caller
+marks as suspect (its account or address failed recently) waits behind
+every other one and may hold at most half of the pending places, so that
+an attack from many addresses, each allowed its few failures, takes what
+CPU the real users leave rather than their turn.  This module owns the
 hash, its cost and those bounds; it never sees an account.
 """
 
@@ -19,12 +23,13 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from twisted.internet.defer import DeferredSemaphore, TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -59,6 +64,35 @@ class _HashingThreads(ThreadPool):
 
     def threadFactory(self, *args: Any, **kwargs: Any) -> threading.Thread:  # type: ignore[override] # ThreadPool calls it like the Thread class it defaults to
         return threading.Thread(*args, daemon=True, **kwargs)
+
+
+class _Slots:
+    """
+    The hashing threads as a count of free ones, handed on release to the
+    oldest waiter that is not suspect, else to the oldest suspect one.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._waiting: tuple[deque[Deferred[None]], deque[Deferred[None]]] = (
+            deque(), deque())
+
+    def acquire(self, suspect: bool) -> Deferred[None]:
+        """Fires once a thread is this caller's; cancelling gives up."""
+        if self._free:
+            self._free -= 1
+            return succeed(None)
+        queue = self._waiting[suspect]
+        waiter: Deferred[None] = Deferred(queue.remove)
+        queue.append(waiter)
+        return waiter
+
+    def release(self) -> None:
+        for queue in self._waiting:
+            if queue:
+                queue.popleft().callback(None)
+                return
+        self._free += 1
 
 
 _lowered = threading.local()
@@ -101,25 +135,30 @@ class Passwords:
         self._maxPending = maxPending
         count = threads or os.cpu_count() or 1
         self._threads = _HashingThreads(0, count, "passwords")
-        self._slots = DeferredSemaphore(count)
+        self._slots = _Slots(count)
         self._started = False
         self.waiting = 0
+        self._suspects = 0
 
     @contextmanager
-    def admitted(self) -> Iterator[None]:
+    def admitted(self, suspect: bool = False) -> Iterator[None]:
         """
         Count the request run inside as one that waits for a password
         check (a login from its lookup to its answer), or refuse it.
 
-        @raise ServerBusy: C{maxPending} requests wait already.
+        @raise ServerBusy: C{maxPending} requests wait already, or half
+            of them are C{suspect} and so is this one.
         """
-        if self.waiting >= self._maxPending:
+        if self.waiting >= self._maxPending or (
+                suspect and self._suspects >= self._maxPending // 2):
             raise ServerBusy()
         self.waiting += 1
+        self._suspects += int(suspect)
         try:
             yield
         finally:
             self.waiting -= 1
+            self._suspects -= int(suspect)
 
     def _start(self) -> None:
         if not self._started:
@@ -130,14 +169,17 @@ class Passwords:
                 reactor.addSystemEventTrigger(  # type: ignore[attr-defined] # every threaded reactor has it
                     "during", "shutdown", self._threads.stop)
 
-    async def _offThread(self, work: Callable[..., _T], *args: Any) -> _T:
+    async def _offThread(self, suspect: bool, work: Callable[..., _T],
+                         *args: Any) -> _T:
         """
-        C{work(*args)} on a hashing thread, once one is free.
+        C{work(*args)} on a hashing thread, once one is free (for a
+        C{suspect} caller: once no other waits).
 
         @raise ServerBusy: no thread was free within L{WAIT_LIMIT} s.
         """
         self._start()
-        slot = self._slots.acquire().addTimeout(WAIT_LIMIT, self._reactor)
+        slot = self._slots.acquire(suspect).addTimeout(
+            WAIT_LIMIT, self._reactor)
         try:
             await slot
         except TimeoutError:
@@ -149,24 +191,26 @@ class Passwords:
         finally:
             self._slots.release()
 
-    async def hash(self, password: str) -> str:
+    async def hash(self, password: str, suspect: bool = False) -> str:
         """
         The encoded hash (salt and parameters included).  Call it inside
-        L{admitted}.
+        L{admitted}, with the same C{suspect}.
         """
-        return await self._offThread(self._hasher.hash, password)
+        return await self._offThread(suspect, self._hasher.hash, password)
 
-    async def verify(self, encoded: Optional[str], password: str) -> bool:
+    async def verify(self, encoded: Optional[str], password: str,
+                     suspect: bool = False) -> bool:
         """
         Whether C{password} matches C{encoded}.  With no C{encoded} (no
         such account) it checks against a stand-in hash and returns
         C{False}, taking as long as a real check.  Call it inside
-        L{admitted}.
+        L{admitted}, with the same C{suspect}.
         """
         if encoded is None:
-            await self._offThread(self._check, self._unknown, password)
+            await self._offThread(suspect, self._check, self._unknown,
+                                  password)
             return False
-        return await self._offThread(self._check, encoded, password)
+        return await self._offThread(suspect, self._check, encoded, password)
 
     def _check(self, encoded: str, password: str) -> bool:
         try:

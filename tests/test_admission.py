@@ -14,9 +14,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from chat.limits import MemoryCounters, RedisCounters, TrustedNets
 from chat.ops.counters import Counters
-from chat.passwords import Passwords, ServerBusy
+from chat.passwords import Passwords, ServerBusy, _Slots
 from chat.server.admission import (
-    SHARED_TIMEOUT, Admission, SharedCounters, TooManyMessages,
+    SHARED_TIMEOUT, SUSPECT_SECONDS, Admission, SharedCounters,
+    TooManyMessages,
 )
 from tests.test_limits import FakeRedis
 
@@ -119,14 +120,71 @@ class AdmissionTests(SynchronousTestCase):
         are refused at once, and counted.
         """
         passwords = Passwords(1, 8, maxPending=2, reactor=self.clock)
-        with self.admission.checkingPassword(passwords):
-            with self.admission.checkingPassword(passwords):
+        session = Session()
+        with self.admission.checkingPassword(passwords, session):
+            with self.admission.checkingPassword(passwords, session):
                 self.assertEqual(passwords.waiting, 2)
                 with self.assertRaises(ServerBusy):
-                    with self.admission.checkingPassword(passwords):
+                    with self.admission.checkingPassword(passwords, session):
                         pass
-            with self.admission.checkingPassword(passwords):
+            with self.admission.checkingPassword(passwords, session):
                 self.assertEqual(passwords.waiting, 2)
         self.assertEqual(passwords.waiting, 0)
         self.assertEqual(self.metrics.rateLimited, {"pending-logins": 1})
+
+    def test_suspectAfterFailure(self) -> None:
+        """
+        An address whose login failed is suspect for 15 minutes; others
+        and trusted addresses are not.
+        """
+        passwords = Passwords(1, 8, reactor=self.clock)
+        failing, other = Session("10.0.0.9"), Session("10.0.0.8")
+
+        def suspect(session: Session) -> bool:
+            with self.admission.checkingPassword(passwords, session) as it:
+                return it
+
+        self.assertFalse(suspect(failing))
+        self.successResultOf(Deferred.fromCoroutine(self.admission.login(
+            failing, "1", lambda: succeed(False))))
+        self.assertEqual((suspect(failing), suspect(other)), (True, False))
+        self.clock.advance(SUSPECT_SECONDS)
+        self.assertFalse(suspect(failing))
+        trusting = Admission(MemoryCounters(self.clock),
+                             TrustedNets.fromString("10.0.0.0/8"), self.clock)
+        self.successResultOf(Deferred.fromCoroutine(trusting.login(
+            failing, "1", lambda: succeed(False))))
+        with trusting.checkingPassword(passwords, failing) as it:
+            self.assertFalse(it)
+
+
+class SuspectPasswordChecksTests(SynchronousTestCase):
+    """Suspect checks wait behind the others and hold half the places."""
+
+    def test_halfThePlaces(self) -> None:
+        passwords = Passwords(1, 8, maxPending=4, reactor=Clock())
+        with passwords.admitted(True), passwords.admitted(True):
+            self.assertRaises(ServerBusy, passwords.admitted(True).__enter__)
+            with passwords.admitted(False), passwords.admitted(False):
+                self.assertRaises(ServerBusy,
+                                  passwords.admitted(False).__enter__)
+        with passwords.admitted(True):
+            pass
+
+    def test_urgentFirst(self) -> None:
+        """A freed thread goes to the oldest waiter that is not suspect."""
+        slots = _Slots(1)
+        order: list[str] = []
+        self.successResultOf(slots.acquire(False))
+        for name, suspect in (("s1", True), ("u1", False), ("s2", True),
+                              ("u2", False)):
+            slots.acquire(suspect).addCallback(lambda _, n=name: order.append(n))
+        given = slots.acquire(True)
+        given.cancel()
+        self.failureResultOf(given)
+        for _ in range(5):
+            slots.release()
+        self.assertEqual(order, ["u1", "u2", "s1", "s2"])
+        self.successResultOf(slots.acquire(True))
+        self.assertNoResult(slots.acquire(False))
 

@@ -42,8 +42,9 @@ class Accounts:
     async def register(self, session: ISession,
                        request: Register) -> Registered:
         await self._admission.register(session)
-        with self._admission.checkingPassword(self._passwords):
-            encoded = await self._passwords.hash(request.password)
+        with self._admission.checkingPassword(self._passwords,
+                                              session) as suspect:
+            encoded = await self._passwords.hash(request.password, suspect)
         userId = await self._store.createUser(request.name, encoded)
         self._directory.remember(userId, request.name)
         self._log.info("{peer}: registered {userName} (id {userId})",
@@ -54,7 +55,8 @@ class Accounts:
     async def login(self, session: ISession, request: Login) -> LoggedIn:
         if session.userId is not None:
             raise AlreadyLoggedIn("this connection is already logged in")
-        with self._admission.checkingPassword(self._passwords):
+        with self._admission.checkingPassword(self._passwords,
+                                              session) as suspect:
             user = await self._directory.account(request.user)
             # An unknown account costs a hash check too, so that the
             # answer's timing does not tell which accounts exist.
@@ -62,7 +64,7 @@ class Accounts:
                 session, str(user.id if user is not None else request.user),
                 lambda: self._passwords.verify(
                     user.passwordHash if user is not None else None,
-                    request.password))
+                    request.password, suspect))
         if user is None or not matches:
             raise WrongCredentials("wrong id or password")
         if user.id in self._sessions:

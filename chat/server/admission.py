@@ -12,6 +12,7 @@ client and never checks a password itself.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Awaitable, Callable, Iterator, Sequence, TypeVar
 from weakref import WeakKeyDictionary
@@ -25,13 +26,17 @@ from chat.core.errors import RateLimited
 from chat.limits import (
     DEFAULT_CHAT_BURST, DEFAULT_CHAT_RATE, ILimitCounters, LockRule,
     LoginThrottle, LoginsLocked, MemoryCounters, RegistrationThrottle,
-    TokenBucket, TooManyRegistrations, TrustedNets,
+    TokenBucket, TooManyRegistrations, TrustedNets, normalizeAddress,
 )
 from chat.ops.counters import Counters, NoCounters
 from chat.passwords import Passwords, ServerBusy
 from chat.server.session import ISession
 
 _T = TypeVar("_T")
+SUSPECT_SECONDS = 900.0
+"""How long an address that failed a login has its password checks
+queued behind the others' (the lock-out's memory of strikes)."""
+SUSPECTS_KEPT = 100_000
 SHARED_TIMEOUT = 1.0
 """Seconds a shared counter may take before this node's own is used."""
 
@@ -98,6 +103,15 @@ class Admission:
     """
     The limits one node applies (PROTOCOL.md 6), with their refusals
     counted as C{chat_rate_limited_total{limit=...}}.
+
+    It also remembers, on this node only, which addresses failed a login
+    within L{SUSPECT_SECONDS}: their password checks are suspect
+    (L{Passwords.admitted}), so that an attack spread over many addresses,
+    each allowed its 5 failures by the lock-out, waits behind the logins
+    of everybody else instead of taking their turn.  (Measured with the
+    login storm benchmark, 1,000 users and 1,000 attacking addresses:
+    before, the users were all in after 11.9 times as long as without the
+    attack.)  This only orders work; it refuses nothing.
     """
 
     def __init__(self, counters: ILimitCounters, trusted: TrustedNets,
@@ -107,6 +121,8 @@ class Admission:
         self._clock = clock
         self._chatRate = chatRate
         self._chatBurst = chatBurst
+        self._trusted = trusted
+        self._failedAt: OrderedDict[str, float] = OrderedDict()
         self._logins = LoginThrottle(counters, trusted)
         self._registrations = RegistrationThrottle(counters, trusted)
         self._metrics = metrics
@@ -129,16 +145,34 @@ class Admission:
             self._metrics.limited("chat")
             raise TooManyMessages()
 
+    def _suspect(self, address: str) -> bool:
+        """Whether C{address} failed a login here not long ago."""
+        failed = self._failedAt.get(normalizeAddress(address))
+        return failed is not None and \
+            self._clock.seconds() - failed < SUSPECT_SECONDS
+
+    def _failed(self, address: str) -> None:
+        if self._trusted.isTrusted(address):
+            return
+        key = normalizeAddress(address)
+        self._failedAt.pop(key, None)
+        self._failedAt[key] = self._clock.seconds()
+        while len(self._failedAt) > SUSPECTS_KEPT:
+            self._failedAt.popitem(last=False)
+
     @contextmanager
-    def checkingPassword(self, passwords: Passwords) -> Iterator[None]:
+    def checkingPassword(self, passwords: Passwords,
+                         session: ISession) -> Iterator[bool]:
         """
-        L{Passwords.admitted}, with its refusals counted.
+        L{Passwords.admitted} for a request of C{session}, with its
+        refusals counted; gives whether its password work is suspect.
 
         @raise ServerBusy: too many logins wait for a password check.
         """
+        suspect = self._suspect(session.address)
         try:
-            with passwords.admitted():
-                yield
+            with passwords.admitted(suspect):
+                yield suspect
         except ServerBusy:
             self._metrics.limited("pending-logins")
             raise
@@ -153,11 +187,14 @@ class Admission:
         @raise LoginsLocked: that login is locked; no password was checked.
         """
         try:
-            return await self._logins.guard(account, session.address,
-                                            checkPassword)
+            matches = await self._logins.guard(account, session.address,
+                                               checkPassword)
         except LoginsLocked:
             self._metrics.limited("login")
             raise
+        if not matches:
+            self._failed(session.address)
+        return matches
 
     async def register(self, session: ISession) -> None:
         """
