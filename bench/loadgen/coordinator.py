@@ -338,13 +338,14 @@ class LoadGen:
                                  for w, group in self._byWorker(users).items()})
 
     def register(self, users: Sequence[User], via: Optional[Sequence[User]] = None,
-                 depth: int = 8, retry: Sequence[int] = (), timeout: float = 120
+                 depth: int = 8, retry: Sequence[int] = (106, 107), timeout: float = 120
                  ) -> int:
         """
         Register C{users} through the protocol (REG_MSG), each on its own
         connection, or spread over the connections of C{via} (which must
         be in the same processes as the users they register).  A refusal
-        whose errno is in C{retry} is sent again a second or so later,
+        whose errno is in C{retry} (by default 106 and 107: nothing was done,
+        retry later) is sent again a second or so later,
         within C{timeout} seconds.  Fires with the number of retries.
         """
         items: dict[int, list[tuple[int, int, str, str]]] = {}
